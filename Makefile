@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both create/reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real data and weights are used when a local mirror sits beside the checkout (as in CI).
+SAS_KIT_MIRROR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+SAS_KIT_WEIGHTS_DIR ?= $(if $(wildcard ../shared/weights),$(abspath ../shared/weights),)
+ifneq ($(SAS_KIT_MIRROR),)
+export SAS_KIT_MIRROR
+endif
+ifneq ($(SAS_KIT_WEIGHTS_DIR),)
+export SAS_KIT_WEIGHTS_DIR
+endif
+export MPLBACKEND ?= Agg
+
+.PHONY: demo test venv lab clean-notebooks
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,lab]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/sas-kit demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lab: venv
+	$(BIN)/jupyter lab notebooks/
+
+clean-notebooks: venv
+	$(BIN)/python -m sas_kit.notebook_tools --strip notebooks/*.ipynb

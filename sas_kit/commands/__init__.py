@@ -1,0 +1,1 @@
+"""Subcommands of the ``sas-kit`` CLI; each module has ``register(subparsers)``."""

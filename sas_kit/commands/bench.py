@@ -1,0 +1,46 @@
+"""``sas-kit bench augment|train``: benchmarks that print tables (speed goals live here, not in tests)."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks that print tables")
+    bench.add_argument("what", choices=["augment", "train"], help="what to benchmark")
+    bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
+    bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
+    bench.add_argument("--json", action="store_true", help="print rows as JSON")
+    bench.set_defaults(func=run)
+
+
+def print_table(rows: list[dict]) -> None:
+    """A plain aligned table of dict rows (also valid Markdown)."""
+    if not rows:
+        print("(no rows)")
+        return
+    keys = list(rows[0])
+    cells = [[f"{r.get(k):.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
+
+
+def run(args) -> int:
+    module = importlib.import_module(f"sas_kit.bench_{args.what}")
+    bench = getattr(module, f"bench_{args.what}")
+    kwargs = {}
+    if args.n is not None:
+        kwargs["n"] = args.n
+    if args.what == "train":
+        kwargs["model"] = args.model
+    rows = bench(**kwargs)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
+    return 0

@@ -1,0 +1,179 @@
+"""Pre-drawn augmented views and an image-embedding cache keyed by view pixels (encode each view once)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sas_kit import config
+
+Policy = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
+
+
+def pixel_key(image: np.ndarray) -> str:
+    """A hex digest of an image's shape, dtype and pixels: the same view gives the same key in every arm."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.shape}|{image.dtype.str}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class View:
+    """One training view: view 0 of a sample is its original image, views 1..K-1 come from the policy."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    sample: int
+    view: int
+    record: dict = field(default_factory=dict)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = pixel_key(self.image)
+
+
+def get_policy(policy: str | Policy, seed: int | None = None, params: dict | None = None) -> Policy:
+    """A policy callable: a callable passes through, a name goes to ``sas_kit.augment.make_policy``."""
+    if callable(policy):
+        return policy
+    from sas_kit.augment import make_policy
+
+    return make_policy(policy, seed=seed, **(params or {}))
+
+
+def check_sample(i: int, image, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one (image, mask) pair; raise a ValueError naming item ``i`` and the fix."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"sample {i}: image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}; "
+                         f"use sas_kit.datasets.to_arrays")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"sample {i}: mask shape {mask.shape} does not match image {image.shape[:2]}")
+    return image, mask.astype(bool)
+
+
+def build_views(samples: Sequence[tuple], policy: str | Policy, views: int, seed: int = 0,
+                params: dict | None = None) -> list[View]:
+    """``views`` views per (image, mask) sample: view 0 the original, views 1..K-1 drawn by ``policy``.
+
+    View j of sample i uses its own stream ``SeedSequence([seed, i, j])``, so arms that share a seed draw
+    the same views (and hit the same cached embeddings) whatever the other samples are.
+    """
+    if views < 1:
+        raise ValueError(f"views must be >= 1 (view 0 is the original image), got {views}")
+    fn = get_policy(policy, seed=seed, params=params)
+    out = []
+    for i, sample in enumerate(samples):
+        image, mask = check_sample(i, sample[0], sample[1])
+        out.append(View(image, mask, i, 0, {"policy": "original"}))
+        for j in range(1, views):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, i, j]))
+            v_image, v_mask, record = fn(image, mask, rng)
+            v_image, v_mask = check_sample(i, v_image, v_mask)
+            out.append(View(v_image, v_mask, i, j, dict(record)))
+    return out
+
+
+def _plain_meta(meta: dict) -> dict:
+    """Meta as Python primitives (tuples of ints/floats), safe for torch.load(weights_only=True)."""
+    def plain(v):
+        if isinstance(v, (tuple, list, np.ndarray)):
+            return tuple(plain(x) for x in v)
+        if isinstance(v, (np.integer, int)):
+            return int(v)
+        if isinstance(v, (np.floating, float)):
+            return float(v)
+        return v
+    return {k: plain(v) for k, v in meta.items()}
+
+
+class EmbeddingCache:
+    """Image-encoder outputs of the BASE weights of one model, in memory and (optionally) on disk.
+
+    Keys are :func:`pixel_key` of the image, files ``<root>/<key>.pt`` with root defaulting to
+    ``config.data_root()/cache/embeddings/<model>``. ``encoder_calls`` counts real encoder runs. Do not
+    use it with an encoder that was fine-tuned (mode ``full``): its embeddings differ from the cached ones.
+    """
+
+    def __init__(self, model: str, root: str | Path | bool | None = None, memory: bool = True):
+        self.model = model
+        if root is True:
+            root = config.data_root() / "cache" / "embeddings" / model
+        self.root = Path(root) if root else None
+        self.memory = memory
+        self._store: dict[str, tuple[torch.Tensor, dict]] = {}
+        self.encoder_calls = 0
+        self.hits = 0
+        self.disk_hits = 0
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __contains__(self, image) -> bool:
+        key = image if isinstance(image, str) else pixel_key(image)
+        return key in self._store or bool(self.root and (self.root / f"{key}.pt").exists())
+
+    def _load(self, key: str) -> tuple[torch.Tensor, dict] | None:
+        path = self.root / f"{key}.pt" if self.root else None
+        if path is None or not path.exists():
+            return None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return obj["embedding"], obj["meta"]
+        except Exception as err:  # a truncated or foreign file: say so and re-encode
+            raise ValueError(f"embedding cache file {path} is unreadable ({err}); delete it to re-encode") from err
+
+    def _save(self, key: str, embedding: torch.Tensor, meta: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{key}.pt"
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({"model": self.model, "embedding": embedding, "meta": meta}, tmp)
+        os.replace(tmp, path)
+
+    def get(self, sam, spec, image: np.ndarray, key: str | None = None,
+            device: str | torch.device | None = None) -> tuple[torch.Tensor, dict]:
+        """(embedding 1x256x64x64, meta) of ``image``: from memory, else disk, else one encoder call."""
+        from sas_kit import models
+
+        key = key or pixel_key(image)
+        hit = self._store.get(key)
+        if hit is not None:
+            self.hits += 1
+        else:
+            hit = self._load(key)
+            if hit is not None:
+                self.disk_hits += 1
+            else:
+                embedding, meta = models.encode(sam, spec, image)
+                self.encoder_calls += 1
+                hit = (embedding.detach().float().cpu(), _plain_meta(meta))
+                if self.root:
+                    self._save(key, *hit)
+            if self.memory:
+                self._store[key] = hit
+        embedding, meta = hit
+        return (embedding.to(device) if device is not None else embedding), meta
+
+    def fill(self, sam, spec, items: Iterable, desc: str = "encode", progress: bool = True) -> int:
+        """Encode every image (or :class:`View`) not cached yet; return how many encoder calls it took."""
+        before = self.encoder_calls
+        seen = set()
+        todo = []
+        for item in items:
+            image, key = (item.image, item.key) if isinstance(item, View) else (item, pixel_key(item))
+            if key not in seen:
+                seen.add(key)
+                todo.append((image, key))
+        for image, key in tqdm(todo, desc=desc, disable=not progress, leave=False):
+            self.get(sam, spec, image, key=key)
+        return self.encoder_calls - before

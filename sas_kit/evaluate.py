@@ -1,0 +1,160 @@
+"""Evaluation: Dice/IoU per image and prompt, size bins, bootstrap confidence intervals, paired gains."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from sas_kit import models, segment
+from sas_kit.prompts import components
+
+SIZE_BINS = ("<1%", "1-5%", "5-20%", ">20%")
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """2|P∩G| / (|P| + |G|); NaN when both are empty (undefined — such images are excluded, not scored)."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
+    total = int(pred.sum()) + int(gt.sum())
+    return float("nan") if total == 0 else 2.0 * int((pred & gt).sum()) / total
+
+
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """|P∩G| / |P∪G|; NaN when both are empty."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
+    union = int((pred | gt).sum())
+    return float("nan") if union == 0 else int((pred & gt).sum()) / union
+
+
+def size_bin(area_fraction: float) -> str:
+    """Target size class by area fraction of the image: "<1%", "1-5%", "5-20%", ">20%"."""
+    if area_fraction < 0.01:
+        return "<1%"
+    if area_fraction < 0.05:
+        return "1-5%"
+    if area_fraction < 0.20:
+        return "5-20%"
+    return ">20%"
+
+
+def _finite(values, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if np.isnan(values).any():
+        raise ValueError(f"{what} contains NaN ({int(np.isnan(values).sum())} of {values.size}); "
+                         "drop undefined scores (empty masks) explicitly before computing a CI")
+    return values
+
+
+def _percentile_boot(values: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple[float, float, float]:
+    n = values.size
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if n == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)  # bound memory for large n
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return mean, float(lo), float(hi)
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
+    """(mean, low, high): percentile bootstrap (1 - alpha) CI of the mean, seeded. NaN triple for no values;
+    NaN inside ``values`` is an error (nothing silently dropped)."""
+    return _percentile_boot(_finite(values, "values"), n_boot, seed, alpha)
+
+
+def paired_gain(a, b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Mean gain of ``b`` over ``a`` on the same images (b − a, paired by position) and its bootstrap CI,
+    resampling images (the per-image differences)."""
+    a, b = _finite(a, "a"), _finite(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores must have the same length, got {a.size} and {b.size}")
+    return _percentile_boot(b - a, n_boot, seed, alpha)
+
+
+def _examples(dataset) -> Iterable[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """(id, image, mask, info) from a datasets.Dataset (fields of sas_kit.datasets) or a list of
+    (image, mask, record) tuples such as sas_kit.phantom.make_phantom returns."""
+    for i, example in enumerate(dataset):
+        if isinstance(example, dict):
+            from sas_kit.datasets import to_arrays
+
+            image, mask = to_arrays(example)
+            info = {k: example.get(k) for k in ("dataset", "target", "organ", "group")}
+            yield str(example.get("id", i)), image, mask, info
+        else:
+            image, mask, record = example
+            record = record or {}
+            ident = f"phantom-{record.get('seed', 0)}-{record.get('index', i)}"
+            yield ident, np.asarray(image), np.asarray(mask, bool), {"dataset": "phantom", "target": "phantom"}
+
+
+def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: int | None = None,
+             embeddings: dict | None = None, per_component: bool = True, jitter: float = 0.0,
+             progress: bool = True) -> pd.DataFrame:
+    """One row per image × prompt: id, dataset, target, prompt, dice, iou, area_fraction, size_bin,
+    n_components, model, per_component.
+
+    Each image is encoded once and its embedding reused for every prompt; ``embeddings`` (id →
+    (embedding, meta)) supplies pre-computed ones and is filled with any it lacks, so several arms that
+    share an encoder can share it. Images with an empty mask are excluded (Dice undefined): their number
+    is ``df.attrs["skipped_empty"]`` and their ids ``df.attrs["skipped_ids"]``. Prompts follow
+    :func:`segment.predict` (per connected component with union by default, NOTES #4); box jitter and
+    any randomness are seeded per image from ``seed``.
+    """
+    spec = models.get_spec(spec)
+    prompts = list(prompts)
+    for p in prompts:
+        segment.n_clicks(p)  # validates names before any encoding
+    rows, skipped = [], []
+    items = list(dataset) if limit is None else [x for _, x in zip(range(limit), dataset)]
+    for i, (ident, image, mask, info) in enumerate(tqdm(_examples(items), total=len(items), desc=f"evaluate {spec.name}",
+                                                        disable=not progress)):
+        if not mask.any():
+            skipped.append(ident)
+            continue
+        if embeddings is not None and ident in embeddings:
+            embedding, meta = embeddings[ident]
+        else:
+            embedding, meta = models.encode(sam, spec, image)
+            if embeddings is not None:
+                embeddings[ident] = (embedding, meta)
+        area = float(mask.mean())
+        n_parts = len(components(mask))
+        for k, prompt in enumerate(prompts):
+            rng = np.random.default_rng([seed, i, k])
+            pred = segment.predict(sam, spec, image, mask, prompt, rng=rng, embedding=embedding, meta=meta,
+                                   per_component=per_component, jitter=jitter)
+            rows.append({"id": ident, "dataset": info.get("dataset"), "target": info.get("target"), "prompt": prompt,
+                         "dice": dice(pred, mask), "iou": iou(pred, mask), "area_fraction": area,
+                         "size_bin": size_bin(area), "n_components": n_parts, "model": spec.name,
+                         "per_component": per_component})
+    df = pd.DataFrame(rows, columns=["id", "dataset", "target", "prompt", "dice", "iou", "area_fraction", "size_bin",
+                                     "n_components", "model", "per_component"])
+    df.attrs["skipped_empty"] = len(skipped)
+    df.attrs["skipped_ids"] = skipped
+    return df
+
+
+def summarise(df: pd.DataFrame, seed: int = 0, by: Iterable[str] = ("dataset", "target", "prompt"),
+              n_boot: int = 2000) -> pd.DataFrame:
+    """Per group (default dataset, target, prompt): n, dice_mean, ci_low, ci_high (bootstrap 95%), iou_mean."""
+    by = [c for c in by if c in df.columns]
+    out = []
+    for key, group in df.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        mean, lo, hi = bootstrap_ci(group["dice"].to_numpy(), n_boot=n_boot, seed=seed)
+        out.append({**dict(zip(by, key)), "n": len(group), "dice_mean": mean, "ci_low": lo, "ci_high": hi,
+                    "iou_mean": float(group["iou"].mean())})
+    return pd.DataFrame(out, columns=[*by, "n", "dice_mean", "ci_low", "ci_high", "iou_mean"])

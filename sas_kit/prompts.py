@@ -1,0 +1,93 @@
+"""Simulated user prompts from a ground-truth mask: jittered boxes, first clicks, corrective clicks, parts."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to the same part
+
+
+def _check(mask: np.ndarray, what: str = "mask") -> np.ndarray:
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D HxW array, got shape {mask.shape}")
+    return mask
+
+
+def box_from_mask(mask: np.ndarray, jitter: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Tight box [x0, y0, x1, y1] (pixel indices, inclusive) around ``mask``; with ``jitter`` > 0 each side
+    moves by a uniform random amount of up to ``jitter`` × the box width (x) or height (y), so the noise
+    scales with the target and the image. The box is clipped to the image and kept non-degenerate."""
+    mask = _check(mask)
+    if not mask.any():
+        raise ValueError("cannot draw a box around an empty mask (the image has no target)")
+    ys, xs = np.nonzero(mask)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    if jitter > 0:
+        rng = rng if rng is not None else np.random.default_rng()
+        w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
+        box += rng.uniform(-jitter, jitter, size=4) * np.array([w, h, w, h])
+    return clip_box(box, mask.shape)
+
+
+def clip_box(box, shape: tuple[int, int]) -> np.ndarray:
+    """Clip an xyxy box to an image of ``shape`` (H, W) and order its corners."""
+    h, w = shape[:2]
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64).reshape(4)
+    x0, x1 = sorted((float(np.clip(x0, 0, w - 1)), float(np.clip(x1, 0, w - 1))))
+    y0, y1 = sorted((float(np.clip(y0, 0, h - 1)), float(np.clip(y1, 0, h - 1))))
+    return np.array([x0, y0, x1, y1])
+
+
+def _deepest(region: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of ``region`` farthest from its boundary (the image border counts as boundary)."""
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def first_click(mask: np.ndarray) -> tuple[int, int]:
+    """The first positive click: the mask pixel farthest from the mask boundary, as (x, y)."""
+    mask = _check(mask)
+    if not mask.any():
+        raise ValueError("cannot place a click on an empty mask (the image has no target)")
+    return _deepest(mask)
+
+
+def next_click(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> tuple[tuple[int, int], int] | None:
+    """A corrective click at the centre (deepest point) of the largest error region.
+
+    A missed region (false negative) gives a positive click (label 1), a spurious one (false positive) a
+    negative click (label 0). Pixels in ``ignore`` are not errors. Returns ``((x, y), label)``, or None
+    when the prediction already equals the ground truth (no click left to give).
+    """
+    gt, pred = _check(gt, "gt"), _check(pred, "pred")
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} differ in shape")
+    keep = ~_check(ignore, "ignore") if ignore is not None else np.ones_like(gt)
+    best = None
+    for error, label in ((gt & ~pred & keep, 1), (pred & ~gt & keep, 0)):
+        labelled, n = ndimage.label(error, structure=_EIGHT)
+        if n == 0:
+            continue
+        sizes = np.bincount(labelled.ravel())[1:]
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (int(sizes[k]), labelled == k + 1, label)
+    if best is None:
+        return None
+    return _deepest(best[1]), best[2]
+
+
+def components(mask: np.ndarray, min_pixels: int = 1) -> list[np.ndarray]:
+    """Connected parts of ``mask`` (8-connectivity) as boolean masks, largest first; parts smaller than
+    ``min_pixels`` are left out (the default 1 keeps every part). Used to prompt each part separately
+    and take the union of the predictions (NOTES #4)."""
+    mask = _check(mask)
+    labelled, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return []
+    sizes = np.bincount(labelled.ravel())[1:]
+    order = [i for i in np.argsort(-sizes, kind="stable") if sizes[i] >= min_pixels]
+    return [labelled == i + 1 for i in order]

@@ -1,0 +1,307 @@
+"""Fine-tuning (decoder-only or full) with Dice + BCE, mixed box / iterative-click prompts, checkpoints, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sas_kit import config
+from sas_kit.embed_cache import EmbeddingCache, View, build_views
+
+DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
+# Fields that may differ between a run and its resumption; every other field must match last.pt.
+RESUMABLE = ("epochs", "out", "device", "progress", "disk_cache")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run. ``lr=None`` picks DEFAULT_LR[mode]: 5e-5 for the decoder (half MedSAM's 1e-4,
+    NOTES #8: a lower rate forgets less on box prompts) and 1e-5 when the encoder is trained too.
+    ``batch_size`` images are decoded one at a time and their gradients accumulated (Meta decoder bug)."""
+
+    model: str = "litemedsam"
+    data: str = "phantom"
+    policy: str = "none"
+    policy_params: dict = field(default_factory=dict)
+    mode: str = "decoder"  # "decoder": image encoder frozen, embeddings cached; "full": encoder trained too
+    epochs: int = 4
+    lr: float | None = None
+    weight_decay: float = 0.01
+    batch_size: int = 4
+    views: int = 3  # per image: view 0 the original, views 1..K-1 drawn by the policy
+    seed: int = 0
+    train_limit: int | None = None
+    val_limit: int | None = None
+    click_fraction: float = 0.5  # share of steps prompted by clicks; the rest use boxes (NOTES #8)
+    max_clicks: int = 5  # click steps use 1..max_clicks iterative clicks, logits fed back (NOTES #9)
+    box_jitter: float = 0.05
+    out: str = "runs/train"
+    device: str | None = None
+    disk_cache: bool = True  # also keep embeddings under data_root()/cache/embeddings/<model>/
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in DEFAULT_LR:
+            raise ValueError(f"mode must be one of {sorted(DEFAULT_LR)}, got {self.mode!r}")
+        if not 0.0 <= self.click_fraction <= 1.0:
+            raise ValueError(f"click_fraction must be in [0, 1], got {self.click_fraction}")
+        if self.epochs < 1 or self.batch_size < 1 or self.views < 1 or self.max_clicks < 1:
+            raise ValueError("epochs, batch_size, views and max_clicks must all be >= 1")
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.mode] if self.lr is None else float(self.lr)
+
+    def plain(self) -> dict:
+        """The config as JSON primitives (what checkpoints store)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: checkpoint paths, per-epoch history and its cost."""
+
+    out: Path
+    last: Path
+    best: Path
+    train_loss: list[float]
+    val_dice: list[float]
+    val_dice_initial: float
+    best_epoch: int  # 0 = no epoch beat the starting weights (best.pt then holds them)
+    encoder_calls: int  # image-encoder forward passes made by this call (cache hits excluded)
+    seconds: float
+    steps: int  # optimiser steps made by this call
+    skipped_empty: int  # training views with an empty mask (nothing to prompt)
+    resumed_from: int = 0
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """MedSAM's loss: soft Dice with squared predictions (MONAI DiceLoss(sigmoid, squared_pred)) + BCE.
+    Pixels where ``ignore`` is true (the target's other parts, prompted separately) count for neither."""
+    logits, target = logits.float(), target.float()
+    keep = torch.ones_like(target) if ignore is None else (~ignore.bool()).float()
+    prob = torch.sigmoid(logits) * keep
+    inter = (prob * target).sum()
+    dice = 1.0 - (2.0 * inter + eps) / ((prob * prob).sum() + (target * target).sum() + eps)
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=keep, reduction="sum") / keep.sum().clamp(min=1)
+    return dice + bce
+
+
+def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
+
+
+def load_samples(name: str, split: str, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, mask) arrays of the first ``limit`` examples of ``split`` of dataset ``name``."""
+    from sas_kit import datasets
+
+    return [datasets.to_arrays(ex) for ex in datasets.load(name, split=split, limit=limit)]
+
+
+def trainable_parameters(sam, mode: str) -> dict[str, torch.nn.Parameter]:
+    """Freeze the image encoder in ``decoder`` mode; return the parameters left trainable by name."""
+    for name, p in sam.named_parameters():
+        p.requires_grad_(mode == "full" or not name.startswith("image_encoder."))
+    return {n: p for n, p in sam.named_parameters() if p.requires_grad}
+
+
+def _autocast(device: str):
+    cuda = str(device).startswith("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+
+def _as_tensor(mask: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(mask)).to(device)[None, None]
+
+
+def _save(path: Path, obj: dict) -> None:
+    """torch.save to a temporary file next to ``path``, then an atomic rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prompted_logits(sam, spec, embedding, meta, mask: np.ndarray, rng: np.random.Generator,
+                    cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """One training decode: pick a connected part of ``mask`` (NOTES #4) and prompt it by a jittered box,
+    or (share ``click_fraction``) by 1..max_clicks clicks where each later click is placed on the error of
+    the previous prediction and the previous low-res logits are fed back (NOTES #9). Only the last decode
+    carries gradients; as in ``segment.predict`` the other parts are not errors. Returns (full-size logits
+    1x1xHxW, target part, other parts)."""
+    from sas_kit import models, prompts
+
+    parts = prompts.components(mask)
+    target = parts[int(rng.integers(len(parts)))] if len(parts) > 1 else mask
+    others = mask & ~target
+    if rng.random() >= cfg.click_fraction:
+        box = prompts.box_from_mask(target, jitter=cfg.box_jitter, rng=rng)
+        _, _, logits = models.decode(sam, spec, embedding, meta, boxes=np.asarray(box)[None])
+        return logits, target, others
+    points, labels, prev = [prompts.first_click(target)], [1], None
+    for _ in range(int(rng.integers(1, cfg.max_clicks + 1)) - 1):
+        with torch.no_grad():
+            low, _, full = models.decode(sam, spec, embedding, meta, points=np.asarray(points, np.float32),
+                                         labels=np.asarray(labels), mask_input=prev)
+        click = prompts.next_click(target, full[0, 0].float().cpu().numpy() > 0, ignore=others)
+        if click is None:  # prediction already perfect
+            break
+        (x, y), label = click
+        points.append((x, y))
+        labels.append(int(label))
+        prev = low.detach()
+    _, _, logits = models.decode(sam, spec, embedding, meta, points=np.asarray(points, np.float32),
+                                 labels=np.asarray(labels), mask_input=prev)
+    return logits, target, others
+
+
+@torch.no_grad()
+def val_dice(sam, spec, val: Sequence[View], embed, device: str) -> float:
+    """Mean box-prompt Dice (one box per connected part, union) over the non-empty ``val`` views."""
+    from sas_kit import segment
+
+    scores = []
+    for v in val:
+        if not v.mask.any():
+            continue
+        embedding, meta = embed(v)
+        with _autocast(device):
+            pred = segment.predict(sam, spec, v.image, v.mask, "box", embedding=embedding, meta=meta)
+        scores.append(dice_score(np.asarray(pred, bool), v.mask))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
+    old, new = state["config"], cfg.plain()
+    diff = [k for k in new if k not in RESUMABLE and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"cannot resume from {path}: its config differs in {diff} "
+                         f"({ {k: old.get(k) for k in diff} }); use the same settings or another --out")
+
+
+def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: Sequence[tuple],
+                 cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:
+    """Fine-tune ``cfg.model`` on (image, mask) arrays; checkpoints go to ``cfg.out`` (last.pt each epoch,
+    best.pt by validation box Dice). Pass one ``cache`` to several runs to encode each view only once.
+    With ``resume`` and an existing last.pt the run continues from it and ends as an uninterrupted one."""
+    from sas_kit import models
+
+    start = time.perf_counter()
+    device = config.device(cfg.device)
+    spec = models.get_spec(cfg.model)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    last, best = out / "last.pt", out / "best.pt"
+    torch.manual_seed(cfg.seed)
+    sam = models.load_model(cfg.model, device=device)  # eval mode throughout: TinyViT BatchNorm stats stay fixed
+    params = trainable_parameters(sam, cfg.mode)
+    optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if cache is None:
+        cache = EmbeddingCache(cfg.model, root=True if cfg.disk_cache else None)
+    elif cache.model != cfg.model:
+        raise ValueError(f"embedding cache is for model {cache.model!r}, not {cfg.model!r}")
+    calls0 = cache.encoder_calls
+    full_calls = 0
+
+    train_views = build_views(train_samples, cfg.policy, cfg.views, cfg.seed, cfg.policy_params)
+    val_views = build_views(val_samples, "none", 1, cfg.seed)
+    items = [v for v in train_views if v.mask.any()]
+    skipped = len(train_views) - len(items)
+
+    def cached(v: View):
+        return cache.get(sam, spec, v.image, key=v.key, device=device)
+
+    def fresh(v: View):  # full mode: the encoder changes, so validation re-encodes
+        nonlocal full_calls
+        full_calls += 1
+        return models.encode(sam, spec, v.image)
+
+    hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0}
+    first = 1
+    if resume and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        _check_resume(state, cfg, last)
+        sam.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        hist = state["history"]
+        first = state["epoch"] + 1
+    if first > cfg.epochs:  # already complete: nothing to encode or train
+        items, val_views = [], []
+    with _autocast(device):
+        cache.fill(sam, spec, val_views + (items if cfg.mode == "decoder" else []), progress=cfg.progress)
+    if first == 1:
+        hist["val_dice_initial"] = val_dice(sam, spec, val_views, cached, device)
+        hist["best_dice"] = hist["val_dice_initial"]
+        _save(best, {"model": {n: p.detach().cpu() for n, p in params.items()}, "epoch": 0,
+                     "val_dice": hist["best_dice"], "model_name": cfg.model, "config": cfg.plain()})
+
+    steps = 0
+    for epoch in range(first, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, 0x5A5]))  # epoch-local stream
+        order = rng.permutation(len(items))
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        losses = []
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        for batch in bar:
+            optimizer.zero_grad(set_to_none=True)
+            views = [items[i] for i in batch]
+            with _autocast(device):
+                if cfg.mode == "full":
+                    encoded = [models.preprocess(spec, v.image) for v in views]
+                    emb_all = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device))
+                    full_calls += len(views)
+                    pairs = [(emb_all[k:k + 1], m) for k, (_, m) in enumerate(encoded)]
+                else:
+                    pairs = [cached(v) for v in views]
+                batch_loss = 0.0
+                for v, (embedding, meta) in zip(views, pairs):
+                    logits, target, others = prompted_logits(sam, spec, embedding, meta, v.mask, rng, cfg)
+                    ignore = _as_tensor(others, logits.device) if others.any() else None
+                    loss = dice_bce_loss(logits, _as_tensor(target, logits.device), ignore)
+                    (loss / len(views)).backward(retain_graph=cfg.mode == "full")
+                    batch_loss += float(loss.detach()) / len(views)
+            optimizer.step()
+            steps += 1
+            losses.append(batch_loss)
+            bar.set_postfix(loss=f"{batch_loss:.4f}")
+        embed = fresh if cfg.mode == "full" else cached
+        dice = val_dice(sam, spec, val_views, embed, device)
+        hist["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
+        hist["val_dice"].append(dice)
+        hist["epoch_seconds"].append(time.perf_counter() - t0)
+        state = {n: p.detach().cpu() for n, p in params.items()}
+        if dice > hist["best_dice"] or np.isnan(hist["best_dice"]):
+            hist["best_dice"], hist["best_epoch"] = dice, epoch
+            _save(best, {"model": state, "epoch": epoch, "val_dice": dice, "model_name": cfg.model,
+                         "config": cfg.plain()})
+        _save(last, {"model": state, "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "rng": {"torch": torch.get_rng_state()}, "model_name": cfg.model, "mode": cfg.mode,
+                     "config": cfg.plain(), "history": hist})
+    return TrainResult(out=out, last=last, best=best, train_loss=list(hist["train_loss"]),
+                       val_dice=list(hist["val_dice"]), val_dice_initial=hist["val_dice_initial"],
+                       best_epoch=hist["best_epoch"], encoder_calls=cache.encoder_calls - calls0 + full_calls,
+                       seconds=time.perf_counter() - start, steps=steps, skipped_empty=skipped,
+                       resumed_from=first - 1)
+
+
+def train(cfg: TrainConfig, cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:
+    """Fine-tune on dataset ``cfg.data`` (its train split for training, val split for model selection)."""
+    train_samples = load_samples(cfg.data, "train", cfg.train_limit)
+    val_samples = load_samples(cfg.data, "val", cfg.val_limit)
+    if not train_samples:
+        raise ValueError(f"dataset {cfg.data!r} has no training images; prepare it with `sas-kit data`")
+    return train_arrays(cfg, train_samples, val_samples, cache=cache, resume=resume)

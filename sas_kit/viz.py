@@ -1,0 +1,158 @@
+"""Figures for augmentation (pairs, grids, area histograms) and the notebook widget, as plain functions."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from sas_kit.augment import make_policy
+
+SIZE_BINS = (0.01, 0.05, 0.20)  # edges of the "<1%", "1-5%", "5-20%", ">20%" evaluation bins
+NOISE_CHOICES = ("none", "gaussian", "rayleigh", "gamma", "texture")
+
+
+def describe(record: dict | None) -> str:
+    """A one-line summary of an augmentation record."""
+    if not record:
+        return ""
+    parts = [record["policy"]] if "policy" in record else []
+    scale, noise = record.get("scale"), record.get("noise")
+    if isinstance(scale, dict) and scale.get("applied"):
+        parts.append(f"scale {scale['factor']:.2f} ({scale.get('source', 'image')})")
+    if isinstance(noise, dict) and noise.get("applied"):
+        parts.append(f"{noise['model']} {noise['strength']:.2f}")
+    if "op" in record:
+        parts.append(record["op"] + (f" ×{record['zoom']:.2f}" if "zoom" in record else ""))
+    if "angle" in record:
+        parts.append(f"rot {record['angle']:.0f}° scale {record['scale']:.2f}" + (" flip" if record.get("hflip") else ""))
+    if "source_mask_area" in record and "mask_area" in record:
+        parts.append(f"area {record['source_mask_area']}→{record['mask_area']} px")
+    return ", ".join(parts)
+
+
+def overlay(ax, image: np.ndarray, mask: np.ndarray, title: str = "", color=(1.0, 0.2, 0.2)) -> None:
+    """Draw ``image`` (grey or RGB) with ``mask`` tinted and outlined on ``ax``."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if mask.any():
+        tint = np.zeros((*mask.shape, 4))
+        tint[mask] = (*color, 0.35)
+        ax.imshow(tint, interpolation="nearest")
+        ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def _box(ax, box, color: str, label: str) -> None:
+    x0, y0, x1, y1 = box
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=color, lw=1, ls="--", label=label))
+
+
+def show_pair(image: np.ndarray, mask: np.ndarray, aug_image: np.ndarray, aug_mask: np.ndarray,
+              record: dict | None = None) -> Figure:
+    """Original and augmented image side by side, masks overlaid; the paste box (yellow) and the noise
+    ROI box (cyan) from ``record`` are drawn on the augmented image."""
+    fig = Figure(figsize=(8, 4.3), layout="constrained")
+    a, b = fig.subplots(1, 2)
+    overlay(a, image, np.asarray(mask, bool), f"original ({int(np.count_nonzero(mask))} px)")
+    overlay(b, aug_image, np.asarray(aug_mask, bool), "augmented")
+    record = record or {}
+    scale, noise = record.get("scale"), record.get("noise")
+    if isinstance(scale, dict) and scale.get("applied"):
+        _box(b, scale["paste_box"], "yellow", "paste box")
+    if isinstance(noise, dict) and noise.get("applied"):
+        _box(b, noise["roi_box"], "cyan", "noise ROI box")
+    if b.patches:
+        b.legend(loc="lower right", fontsize=7, framealpha=0.6)
+    fig.suptitle(describe(record), fontsize=9)
+    return fig
+
+
+def sample_grid(samples: Sequence[tuple[np.ndarray, np.ndarray, dict]], ncols: int = 4, title: str = "") -> Figure:
+    """A grid of (image, mask, record) samples with their masks overlaid and a short caption each."""
+    if not samples:
+        raise ValueError("sample_grid needs at least one (image, mask, record) sample")
+    nrows = -(-len(samples) // ncols)
+    fig = Figure(figsize=(2.4 * ncols, 2.5 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, (image, mask, record) in zip(axes, samples):
+        caption = describe({k: v for k, v in (record or {}).items() if k not in ("policy", "source_mask_area")})
+        overlay(ax, image, np.asarray(mask, bool), caption.replace(", ", "\n", 1))
+    for ax in axes[len(samples):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def area_histogram(before: Sequence[float], after: Sequence[float], bins: int = 24, label_after: str = "after SAS") -> Figure:
+    """Histograms of target area fraction (log axis) before and after augmentation, with the evaluation
+    size-bin edges; empty masks (area 0) are counted in the legend, not plotted."""
+    before, after = np.asarray(before, float), np.asarray(after, float)
+    positive = np.concatenate([before[before > 0], after[after > 0]])
+    lo = max(positive.min() if positive.size else 1e-4, 1e-6)
+    edges = np.geomspace(lo, 1.0, bins + 1)
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for values, name, color in ((before, "original", "tab:blue"), (after, label_after, "tab:orange")):
+        empty = int((values <= 0).sum())
+        median = float(np.median(values)) if values.size else float("nan")
+        ax.hist(values[values > 0], bins=edges, alpha=0.55, color=color,
+                label=f"{name} (n={values.size}, median {median:.2%}" + (f", {empty} empty)" if empty else ")"))
+    for edge in SIZE_BINS:
+        ax.axvline(edge, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("target area / image area (dotted: size bins 1%, 5%, 20%)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def render_sas(image: np.ndarray, mask: np.ndarray, scale: float = 0.5, noise_model: str = "gamma",
+               strength: float = 0.15, roi_margin: float = 0.25, roi_crop: bool = False, seed: int = 0) -> Figure:
+    """The widget's callback: SAS with the given settings applied for certain (scale 1.0 = no scale step,
+    noise_model "none" = no noise step), shown with :func:`show_pair`."""
+    if noise_model not in NOISE_CHOICES:
+        raise ValueError(f"noise_model must be one of {NOISE_CHOICES}, got {noise_model!r}")
+    params = dict(p_scale=0.0 if scale >= 1.0 else 1.0, scale_range=(scale, scale), min_target_area=0,
+                  roi_crop_prob=1.0 if roi_crop else 0.0, p_noise=0.0 if noise_model == "none" else 1.0,
+                  noise_models=(noise_model,) if noise_model != "none" else ("gaussian",),
+                  noise_strength=(strength, strength), roi_margin=roi_margin)
+    policy = make_policy("sas", **params)
+    aug_image, aug_mask, record = policy(image, mask, np.random.default_rng(seed))
+    return show_pair(image, mask, aug_image, aug_mask, record)
+
+
+def sas_explorer(pairs: dict[str, Sequence[tuple[str, np.ndarray, np.ndarray]]], render: Callable[..., Figure] = render_sas):
+    """An ipywidgets UI over ``pairs`` ({dataset: [(id, image, mask), ...]}): dataset and image pickers and
+    sliders for scale, noise model, noise strength and ROI margin; each change calls ``render``."""
+    import ipywidgets as w
+    from IPython.display import display
+
+    names = list(pairs)
+    dataset = w.Dropdown(options=names, value=names[0], description="dataset")
+    index = w.IntSlider(0, 0, max(len(pairs[names[0]]) - 1, 0), description="image")
+    scale = w.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="scale")
+    noise = w.Dropdown(options=NOISE_CHOICES, value="gamma", description="noise")
+    strength = w.FloatSlider(value=0.15, min=0.0, max=0.5, step=0.01, description="strength")
+    margin = w.FloatSlider(value=0.25, min=0.0, max=1.0, step=0.05, description="ROI margin")
+    crop = w.Checkbox(value=False, description="crop ROI first")
+    seed = w.IntText(value=0, description="seed")
+
+    def on_dataset(change) -> None:
+        index.max = max(len(pairs[change["new"]]) - 1, 0)
+        index.value = 0
+
+    dataset.observe(on_dataset, names="value")
+
+    def show(dataset, index, scale, noise, strength, margin, crop, seed) -> None:
+        _, image, mask = pairs[dataset][index]
+        display(render(image, mask, scale=scale, noise_model=noise, strength=strength, roi_margin=margin,
+                       roi_crop=crop, seed=seed))
+
+    out = w.interactive_output(show, dict(dataset=dataset, index=index, scale=scale, noise=noise,
+                                          strength=strength, margin=margin, crop=crop, seed=seed))
+    controls = w.VBox([w.HBox([dataset, index]), w.HBox([scale, noise]), w.HBox([strength, margin]), w.HBox([crop, seed])])
+    return w.VBox([controls, out])
