@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable
@@ -238,7 +239,8 @@ class Policy:
     ``input_hw``, ``channels``, ``empty_mask``, ``source_mask_area`` and ``mask_area`` (pixels)."""
 
     def __init__(self, name: str, fn: Callable, params: dict, seed: int | None = None):
-        self.name, self.fn, self.params = name, fn, params
+        self.name, self.fn = name, fn
+        self.params = json.loads(json.dumps(params))  # plain JSON types (tuples → lists) for records
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | int | None = None):

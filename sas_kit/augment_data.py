@@ -64,3 +64,22 @@ def augment_to_dir(data: str, policy: str, n: int, seed: int, out: str | Path, s
         write_sample(out_dir, sample_id, image, mask, record)
         records.append(record)
     return records
+
+
+def area_fractions(records: list[dict]) -> tuple[list[float], list[float]]:
+    """(before, after): target area / image area of each record's source and augmented mask."""
+    before = [r["source_mask_area"] / (r["input_hw"][0] * r["input_hw"][1]) for r in records]
+    after = [r["mask_area"] / (r["input_hw"][0] * r["input_hw"][1]) for r in records]
+    return before, after
+
+
+def dataset_or_phantom(name: str) -> str:
+    """``name`` if its data can be used here (prepared already, or a mirror is set), else ``"phantom"``
+    with a printed note: notebooks run everywhere and say when they fell back."""
+    from sas_kit import config, datasets
+
+    if name == "phantom" or datasets.is_prepared(name) or config.mirror_dir() is not None:
+        return name
+    print(f"{name} needs the real data (set SAS_KIT_MIRROR to a folder of dataset copies, or run "
+          f"`sas-kit data prepare {name}`); using the offline phantom instead")
+    return "phantom"

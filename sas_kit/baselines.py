@@ -5,10 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torchvision import tv_tensors
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from sas_kit.augment import mask_box, resample_pair
 
@@ -47,6 +43,11 @@ class Classic:
         self.params = params
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+        import torch  # imported here so the numpy-only policies start without torch
+        from torchvision import tv_tensors
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
         p = self.params
         H, W = mask.shape
         flip = bool(rng.random() < p.hflip_prob)

@@ -60,7 +60,7 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", train_limit=8, eval_limit=6, epochs=1, seeds=(0,), views=2),
-    "cpu": Profile("cpu", train_limit=48, eval_limit=30, epochs=4, seeds=(0, 1, 2), views=3),
+    "quick": Profile("quick", train_limit=6, eval_limit=4, epochs=1, seeds=(0,), views=2),
+    "cpu": Profile("cpu", train_limit=32, eval_limit=20, epochs=3, seeds=(0, 1, 2), views=3),
     "gpu": Profile("gpu", train_limit=None, eval_limit=None, epochs=20, seeds=(0, 1, 2), views=3, mode="full"),
 }

@@ -252,9 +252,14 @@ def _as_rgb(image) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] not in (3, 4):
         raise ValueError(f"image must be HxW or HxWx3, got shape {image.shape}")
     image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return image
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    if image.size and (image.min() < 0 or image.max() > 255 or (image.dtype.kind == "f" and image.max() <= 1.0)):
+        raise ValueError(f"image values must be 0-255 (uint8 greyscale or RGB); got {image.dtype} in "
+                         f"[{image.min()}, {image.max()}] — convert with (img * 255).astype(np.uint8) if it is 0-1")
+    return np.rint(image).astype(np.uint8)
 
 
 def _longest_side(h: int, w: int, size: int) -> tuple[int, int]:

@@ -259,21 +259,22 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             views = [items[i] for i in batch]
-            with _autocast(device):
-                if cfg.mode == "full":
+            with _autocast(device):  # forward only; backward runs outside autocast
+                if cfg.mode == "full":  # one batched encoder pass with gradients
                     encoded = [models.preprocess(spec, v.image) for v in views]
                     emb_all = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device))
                     full_calls += len(views)
                     pairs = [(emb_all[k:k + 1], m) for k, (_, m) in enumerate(encoded)]
                 else:
                     pairs = [cached(v) for v in views]
-                batch_loss = 0.0
-                for v, (embedding, meta) in zip(views, pairs):
+                total = 0.0
+                for v, (embedding, meta) in zip(views, pairs):  # one decode per image (Meta batch bug)
                     logits, target, others = prompted_logits(sam, spec, embedding, meta, v.mask, rng, cfg)
                     ignore = _as_tensor(others, logits.device) if others.any() else None
-                    loss = dice_bce_loss(logits, _as_tensor(target, logits.device), ignore)
-                    (loss / len(views)).backward(retain_graph=cfg.mode == "full")
-                    batch_loss += float(loss.detach()) / len(views)
+                    total = total + dice_bce_loss(logits, _as_tensor(target, logits.device), ignore)
+            batch_loss = total / len(views)
+            batch_loss.backward()
+            batch_loss = float(batch_loss.detach())
             optimizer.step()
             steps += 1
             losses.append(batch_loss)

@@ -1,0 +1,175 @@
+"""Fine-tuning: one decoder epoch on phantoms, exact resume, determinism, embedding cache, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sas_kit import models
+from sas_kit.embed_cache import EmbeddingCache, build_views, pixel_key
+from sas_kit.phantom import make_phantom
+from sas_kit.train import TrainConfig, dice_bce_loss, train_arrays
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="module")
+def data():
+    pairs = [(img, m) for img, m, _ in make_phantom(6, seed=11)]
+    return pairs[:4], pairs[4:]
+
+
+@pytest.fixture(scope="module")
+def cache():
+    """One in-memory cache for the module: each phantom is encoded once for all tests."""
+    return EmbeddingCache("litemedsam")
+
+
+def config(out, **kw) -> TrainConfig:
+    base = dict(epochs=1, views=2, batch_size=2, lr=3e-4, click_fraction=0.5, max_clicks=3, seed=0,
+                out=str(out), device="cpu", disk_cache=False, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_a(data, cache, tmp_path_factory):
+    """An uninterrupted 2-epoch run."""
+    return train_arrays(config(tmp_path_factory.mktemp("a"), epochs=2), *data, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def run_c(data, cache, tmp_path_factory):
+    """A 1-epoch run in its own folder (resumed to 2 epochs by a test)."""
+    return train_arrays(config(tmp_path_factory.mktemp("c")), *data, cache=cache)
+
+
+def test_one_epoch_decoder_finetune(run_c):
+    assert run_c.last.exists() and run_c.best.exists()
+    assert len(run_c.train_loss) == 1 and np.isfinite(run_c.train_loss[0])
+    assert 0.0 <= run_c.val_dice[0] <= 1.0 and 0.0 <= run_c.val_dice_initial <= 1.0
+    assert run_c.steps == 4  # 4 images x 2 views / batch 2
+    state = torch.load(run_c.last, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["config"]["views"] == 2 and state["model_name"] == "litemedsam"
+    assert state["model"] and not any(k.startswith("image_encoder.") for k in state["model"])
+    assert any(k.startswith("mask_decoder.") for k in state["model"])
+    assert not list(run_c.out.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_equals_uninterrupted(run_a, run_c, data, cache):
+    resumed = train_arrays(config(run_c.out, epochs=2), *data, cache=cache, resume=True)
+    assert resumed.resumed_from == 1 and resumed.steps == 4
+    assert resumed.train_loss == run_a.train_loss
+    assert resumed.val_dice == run_a.val_dice
+    a = torch.load(run_a.last, weights_only=True)["model"]
+    b = torch.load(resumed.last, weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = train_arrays(config(run_c.out, epochs=2), *data, cache=cache, resume=True)
+    assert again.steps == 0 and again.train_loss == run_a.train_loss  # finished runs are not redone
+    with pytest.raises(ValueError, match="lr"):
+        train_arrays(config(run_c.out, epochs=3, lr=1e-3), *data, cache=cache, resume=True)
+
+
+def test_same_seed_same_losses_and_dice(run_a, data, cache, tmp_path):
+    b = train_arrays(config(tmp_path, epochs=2), *data, cache=cache)
+    assert b.train_loss == run_a.train_loss and b.val_dice == run_a.val_dice
+    assert b.encoder_calls == 0  # everything came from the shared cache
+
+
+def test_checkpoint_loads_and_changes_predictions(run_a, data, cache):
+    base = models.load_model("litemedsam")
+    tuned = models.load_model("litemedsam", checkpoint=run_a.last)
+    spec = models.get_spec("litemedsam")
+    image, mask = data[1][0]
+    embedding, meta = cache.get(base, spec, image)
+    box = np.array([[60, 60, 180, 180]], np.float32)
+    with torch.no_grad():
+        before = models.decode(base, spec, embedding, meta, boxes=box)[2]
+        after = models.decode(tuned, spec, embedding, meta, boxes=box)[2]
+    assert (after - before).abs().max() > 1e-3
+    models.load_model("litemedsam", checkpoint=run_a.best)  # best.pt has the same layout
+
+
+def test_decoder_mode_leaves_encoder_unchanged(run_a):
+    base = models.load_model("litemedsam").image_encoder.state_dict()
+    tuned_model = models.load_model("litemedsam", checkpoint=run_a.last)
+    tuned = tuned_model.image_encoder.state_dict()
+    assert all(torch.equal(base[k], tuned[k]) for k in base)
+    decoder_changed = any(not torch.equal(p, q) for p, q in zip(
+        models.load_model("litemedsam").mask_decoder.parameters(), tuned_model.mask_decoder.parameters()))
+    assert decoder_changed
+
+
+def _fake_encoder(monkeypatch) -> list:
+    calls = []
+
+    def encode(sam, spec, image):
+        calls.append(pixel_key(image))
+        return torch.zeros(1, 256, 64, 64), models.preprocess(spec, image)[1]
+
+    monkeypatch.setattr(models, "encode", encode)
+    return calls
+
+
+def flip(image, mask, rng):
+    """A policy with distinct views: a flip plus a seeded brightness shift."""
+    shift = int(rng.integers(1, 40))
+    return np.clip(image[:, ::-1].astype(int) + shift, 0, 255).astype(np.uint8), mask[:, ::-1], {"shift": shift}
+
+
+def test_cache_encodes_each_view_once(data, monkeypatch, tmp_path):
+    calls = _fake_encoder(monkeypatch)
+    train, val = data
+    disk = tmp_path / "emb"
+    first = EmbeddingCache("litemedsam", root=disk)
+    r = train_arrays(config(tmp_path / "r1", epochs=2, policy=flip, views=3, click_fraction=0.0), train, val,
+                     cache=first)
+    assert r.encoder_calls == len(calls) == 4 * 3 + 2  # every view and val image once, not once per epoch
+    assert len(set(calls)) == len(calls)
+    r2 = train_arrays(config(tmp_path / "r2", policy=flip, views=3), train, val, cache=first)
+    assert r2.encoder_calls == 0 and len(calls) == 14
+    again = EmbeddingCache("litemedsam", root=disk)  # a new process would read the files
+    r3 = train_arrays(config(tmp_path / "r3", policy=flip, views=3), train, val, cache=again)
+    assert r3.encoder_calls == 0 and again.disk_hits == 14
+    r4 = train_arrays(config(tmp_path / "r4", views=3), train, val, cache=EmbeddingCache("litemedsam"))
+    assert r4.encoder_calls == 4 + 2  # policy none: identical views share one embedding
+
+
+def test_build_views_original_first_and_seeded(data):
+    train, _ = data
+    views = build_views(train, "sas", 3, seed=5)
+    assert [(v.sample, v.view) for v in views[:3]] == [(0, 0), (0, 1), (0, 2)]
+    assert np.array_equal(views[0].image, train[0][0]) and np.array_equal(views[0].mask, train[0][1])
+    assert len({v.key for v in views}) == len(views)  # augmented views differ from the original and each other
+    again = build_views(train[:2], "sas", 3, seed=5)  # per-view streams: independent of the other samples
+    assert [v.key for v in again] == [v.key for v in views[:6]]
+    assert [v.key for v in build_views(train[:1], "sas", 3, seed=6)][1:] != [v.key for v in views[1:3]]
+    with pytest.raises(ValueError, match="sample 0"):
+        build_views([(train[0][0], train[0][1][:10])], "none", 1)
+
+
+def test_dice_bce_loss():
+    target = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    target[..., 2:6, 2:6] = True
+    good = torch.where(target, 20.0, -20.0)
+    assert float(dice_bce_loss(good, target)) < 1e-3
+    assert float(dice_bce_loss(-good, target)) > 1.5
+    other = torch.zeros_like(target)
+    other[..., 0, :] = True
+    spurious = good.clone()
+    spurious[..., 0, :] = 20.0  # predicting another part is not an error when that part is ignored
+    assert float(dice_bce_loss(spurious, target, ignore=other)) < 1e-3 < float(dice_bce_loss(spurious, target))
+
+
+def test_cli_train_prints_epochs(monkeypatch, tmp_data_root, tmp_path, capsys):
+    _fake_encoder(monkeypatch)
+    from sas_kit.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--data", "phantom", "--epochs", "1", "--limit", "2", "--val-limit", "1", "--views", "1",
+            "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "epoch 1: train loss" in text and str(out / "last.pt") in text
+    assert main(args[:-2] + ["--epochs", "1", "--resume", "--device", "cpu"]) == 0
+    assert main(["train", "--data", "phantom", "--out", str(out), "--lr", "1", "--resume", "--epochs", "2"]) == 2
