@@ -30,7 +30,7 @@ demo: venv
 	$(BIN)/sas-kit demo
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests notebooks/01_datasets.ipynb --nbval-lax
 
 lab: venv
 	$(BIN)/jupyter lab notebooks/

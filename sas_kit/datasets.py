@@ -189,3 +189,20 @@ def to_arrays(example: dict) -> tuple[np.ndarray, np.ndarray]:
     image = np.asarray(example["image"].convert("L"))
     mask = np.asarray(example["mask"].convert("L")) > 0
     return image, mask
+
+
+def overview(names: list[str]) -> "pd.DataFrame":
+    """One row per dataset: split sizes, skipped and empty counts, and target-size statistics."""
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        prepared = prepare(name)
+        fractions = np.concatenate([np.asarray(prepared.splits[s]["area_fraction"]) for s in SPLITS])
+        nonzero = fractions[fractions > 0]
+        src = sources.get(name)
+        rows.append({"dataset": name, "target": src.target, **prepared.counts(), "empty": prepared.empty,
+                     "skipped": len(prepared.skipped), "median_area_%": round(100 * float(np.median(nonzero)), 2),
+                     "share_under_1%": round(float((nonzero < 0.01).mean()), 3),
+                     "share_under_5%": round(float((nonzero < 0.05).mean()), 3)})
+    return pd.DataFrame(rows).set_index("dataset")

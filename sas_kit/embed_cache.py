@@ -63,24 +63,37 @@ def check_sample(i: int, image, mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_views(samples: Sequence[tuple], policy: str | Policy, views: int, seed: int = 0,
-                params: dict | None = None) -> list[View]:
+                params: dict | None = None, tries: int = 10) -> list[View]:
     """``views`` views per (image, mask) sample: view 0 the original, views 1..K-1 drawn by ``policy``.
 
     View j of sample i uses its own stream ``SeedSequence([seed, i, j])``, so arms that share a seed draw
-    the same views (and hit the same cached embeddings) whatever the other samples are.
+    the same views (and hit the same cached embeddings) whatever the other samples are. A policy other
+    than ``none`` that returns a view equal to one already drawn for the sample (e.g. SAS drew "not
+    applied") is redrawn from ``SeedSequence([seed, i, j, attempt])`` up to ``tries`` times, so every arm
+    sees the same number of distinct views (NOTES #10); the record says ``attempts``, and
+    ``duplicate: True`` if no distinct view came.
     """
     if views < 1:
         raise ValueError(f"views must be >= 1 (view 0 is the original image), got {views}")
     fn = get_policy(policy, seed=seed, params=params)
+    distinct = getattr(fn, "name", policy) != "none"
     out = []
     for i, sample in enumerate(samples):
         image, mask = check_sample(i, sample[0], sample[1])
         out.append(View(image, mask, i, 0, {"policy": "original"}))
+        keys = {out[-1].key}
         for j in range(1, views):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, i, j]))
-            v_image, v_mask, record = fn(image, mask, rng)
-            v_image, v_mask = check_sample(i, v_image, v_mask)
-            out.append(View(v_image, v_mask, i, j, dict(record)))
+            for attempt in range(tries if distinct else 1):
+                entropy = [seed, i, j] + ([attempt] if attempt else [])
+                v_image, v_mask, record = fn(image, mask, np.random.default_rng(np.random.SeedSequence(entropy)))
+                v_image, v_mask = check_sample(i, v_image, v_mask)
+                view = View(v_image, v_mask, i, j, dict(record))
+                if view.key not in keys:
+                    break
+            if distinct:
+                view.record.update(attempts=attempt + 1, duplicate=view.key in keys)
+            keys.add(view.key)
+            out.append(view)
     return out
 
 

