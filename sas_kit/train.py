@@ -213,21 +213,35 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.pt", out / "best.pt"
-    torch.manual_seed(cfg.seed)
-    sam = models.load_model(cfg.model, device=device)  # eval mode throughout: TinyViT BatchNorm stats stay fixed
-    params = trainable_parameters(sam, cfg.mode)
-    optimizer = make_optimizer(params.values(), cfg, device)
+    hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0}
+    state = None
+    if resume and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        _check_resume(state, cfg, last)
+        hist = state["history"]
+        if state["epoch"] >= cfg.epochs:  # already complete: nothing to load, encode or train
+            return _result(out, hist, 0, start, 0, state["epoch"])
     if cache is None:
         cache = EmbeddingCache(cfg.model, root=True if cfg.disk_cache else None)
     elif cache.model != cfg.model:
         raise ValueError(f"embedding cache is for model {cache.model!r}, not {cfg.model!r}")
-    calls0 = cache.encoder_calls
-    full_calls = 0
+    calls0, full_calls = cache.encoder_calls, 0
+
+    torch.manual_seed(cfg.seed)
+    sam = models.load_model(cfg.model, device=device)  # eval mode throughout: TinyViT BatchNorm stats stay fixed
+    params = trainable_parameters(sam, cfg.mode)
+    optimizer = make_optimizer(list(params.values()), cfg, device)
+    first = 1
+    if state is not None:
+        sam.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        first = state["epoch"] + 1
 
     train_views = build_views(train_samples, cfg.policy, cfg.views, cfg.seed, cfg.policy_params)
     val_views = build_views(val_samples, "none", 1, cfg.seed)
     items = [v for v in train_views if v.mask.any()]
-    skipped = len(train_views) - len(items)
+    hist["skipped_empty"] = len(train_views) - len(items)
 
     def cached(v: View):
         return cache.get(sam, spec, v.image, key=v.key, device=device)
@@ -237,18 +251,6 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         full_calls += 1
         return models.encode(sam, spec, v.image)
 
-    hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0}
-    first = 1
-    if resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        _check_resume(state, cfg, last)
-        sam.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        hist = state["history"]
-        first = state["epoch"] + 1
-    if first > cfg.epochs:  # already complete: nothing to encode or train
-        items, val_views = [], []
     with _autocast(device):
         cache.fill(sam, spec, val_views + (items if cfg.mode == "decoder" else []), progress=cfg.progress)
     if first == 1:
@@ -293,19 +295,23 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         hist["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         hist["val_dice"].append(dice)
         hist["epoch_seconds"].append(time.perf_counter() - t0)
-        state = {n: p.detach().cpu() for n, p in params.items()}
+        weights = {n: p.detach().cpu() for n, p in params.items()}
         if dice > hist["best_dice"] or np.isnan(hist["best_dice"]):
             hist["best_dice"], hist["best_epoch"] = dice, epoch
-            _save(best, {"model": state, "epoch": epoch, "val_dice": dice, "model_name": cfg.model,
+            _save(best, {"model": weights, "epoch": epoch, "val_dice": dice, "model_name": cfg.model,
                          "config": cfg.plain()})
-        _save(last, {"model": state, "optimizer": optimizer.state_dict(), "epoch": epoch,
+        _save(last, {"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "rng": {"torch": torch.get_rng_state()}, "model_name": cfg.model, "mode": cfg.mode,
                      "config": cfg.plain(), "history": hist})
-    return TrainResult(out=out, last=last, best=best, train_loss=list(hist["train_loss"]),
+    return _result(out, hist, cache.encoder_calls - calls0 + full_calls, start, steps, first - 1)
+
+
+def _result(out: Path, hist: dict, encoder_calls: int, start: float, steps: int, resumed_from: int) -> TrainResult:
+    return TrainResult(out=out, last=out / "last.pt", best=out / "best.pt", train_loss=list(hist["train_loss"]),
                        val_dice=list(hist["val_dice"]), val_dice_initial=hist["val_dice_initial"],
-                       best_epoch=hist["best_epoch"], encoder_calls=cache.encoder_calls - calls0 + full_calls,
-                       seconds=time.perf_counter() - start, steps=steps, skipped_empty=skipped,
-                       resumed_from=first - 1)
+                       best_epoch=hist["best_epoch"], encoder_calls=encoder_calls,
+                       seconds=time.perf_counter() - start, steps=steps,
+                       skipped_empty=hist.get("skipped_empty", 0), resumed_from=resumed_from)
 
 
 def train(cfg: TrainConfig, cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:

@@ -76,18 +76,23 @@ def test_missing_weights_without_network_says_where_to_put_the_file(tmp_path, mo
 
 def test_finetuned_overlay_plain_and_wrapped(tmp_path, lite):
     key = "mask_decoder.iou_prediction_head.layers.2.bias"
+    other = "mask_decoder.iou_prediction_head.layers.0.bias"
     original = lite.state_dict()[key].clone()
-    for i, wrap in enumerate((False, True)):
-        state = {key: torch.full_like(original, float(i + 1))}
-        path = tmp_path / f"ft{i}.pt"
-        torch.save({"model": state, "epoch": 3} if wrap else state, path)
-        sam = models.load_model("litemedsam", checkpoint=path)
-        assert torch.equal(sam.state_dict()[key], state[key])
-        other = "mask_decoder.iou_prediction_head.layers.0.bias"
-        assert torch.equal(sam.state_dict()[other], lite.state_dict()[other])
+    plain = {key: torch.full_like(original, 1.0)}
+    torch.save(plain, tmp_path / "plain.pt")
+    sam = models.load_model("litemedsam", checkpoint=tmp_path / "plain.pt")  # base weights, then the overlay
+    assert torch.equal(sam.state_dict()[key], plain[key])
+    assert torch.equal(sam.state_dict()[other], lite.state_dict()[other])
+    wrapped = {key: torch.full_like(original, 2.0)}
+    torch.save({"model": wrapped, "epoch": 3}, tmp_path / "wrapped.pt")  # train.py's checkpoint layout
+    models.overlay(sam, tmp_path / "wrapped.pt")
+    assert torch.equal(sam.state_dict()[key], wrapped[key])
     torch.save({"mask_decoder.extra": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="does not fit model 'litemedsam'"):
-        models.load_model("litemedsam", checkpoint=tmp_path / "bad.pt")
+        models.overlay(sam, tmp_path / "bad.pt", "litemedsam")
+    torch.save({key: torch.zeros(7)}, tmp_path / "shape.pt")
+    with pytest.raises(ValueError, match="shape mismatches"):
+        models.overlay(sam, tmp_path / "shape.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.load_model("litemedsam", checkpoint=tmp_path / "missing.pt")
 
@@ -140,9 +145,9 @@ def test_encode_and_decode_shapes_and_autograd(lite):
 
 
 def test_litemedsam_zero_shot_box_dice_on_phantoms(lite):
-    # phantoms 0, 1, 3 and 4 of seed 0 have targets of 5-18 % of the image; measured Dice 0.71-0.93 (mean 0.83)
+    # phantoms 0, 1 and 3 of seed 0 have targets of 5-18 % of the image; measured box Dice 0.86, 0.71, 0.93
     scores = []
-    for i, (image, mask, rec) in enumerate(make_phantom(5, seed=0)):
+    for i, (image, mask, rec) in enumerate(make_phantom(4, seed=0)):
         if rec["area_fraction"] < 0.01:
             continue
         embedding, meta = models.encode(lite, LITE, image)
