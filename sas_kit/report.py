@@ -52,7 +52,7 @@ def gains_table(per_image: pd.DataFrame, comparisons=(("sas", "none"), ("sas", "
                 xa, xb = _pair(means, dataset, prompt, a, b)
                 if len(xa) == 0:
                     continue
-                gain, lo, hi = paired_gain(xa, xb, n_boot=N_BOOT, seed=0)
+                gain, lo, hi = paired_gain(xb, xa, n_boot=N_BOOT, seed=0)  # gain of arm a over arm b
                 role = means[means.dataset == dataset].role.iloc[0]
                 rows.append({"dataset": dataset, "role": role, "comparison": f"{a}-{b}", "prompt": prompt,
                              "n": len(xa), "gain": gain, "ci_low": lo, "ci_high": hi})
