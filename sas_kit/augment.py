@@ -236,7 +236,10 @@ class SAS:
 class Policy:
     """A named augmentation: ``policy(image, mask, rng=None) -> (image, mask, record)``. Without ``rng`` it
     uses its own generator (seeded by ``seed``). The record is JSON-serialisable and always has ``policy``,
-    ``input_hw``, ``channels``, ``empty_mask``, ``source_mask_area`` and ``mask_area`` (pixels)."""
+    ``input_hw``, ``channels``, ``empty_mask``, ``source_mask_area`` and ``mask_area`` (pixels).
+
+    In a PyTorch Dataset pass a per-item stream, e.g. ``rng=np.random.default_rng([seed, epoch, index])``:
+    DataLoader workers copy the policy, so its own generator would repeat across workers."""
 
     def __init__(self, name: str, fn: Callable, params: dict, seed: int | None = None):
         self.name, self.fn = name, fn

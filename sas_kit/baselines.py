@@ -56,7 +56,7 @@ class Classic:
         scale = float(rng.uniform(*p.scale))
         brightness = float(rng.uniform(1 - p.brightness, 1 + p.brightness))
         contrast = float(rng.uniform(1 - p.contrast, 1 + p.contrast))
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))))
+        img = tv_tensors.Image(torch.from_numpy(np.array(image[None] if image.ndim == 2 else image.transpose(2, 0, 1))))
         msk = tv_tensors.Mask(torch.from_numpy(mask.astype(np.uint8))[None])
         if flip:
             img, msk = F.horizontal_flip(img), F.horizontal_flip(msk)
@@ -66,7 +66,7 @@ class Classic:
         img = F.adjust_contrast(F.adjust_brightness(img, brightness), contrast)
         out = img.numpy()
         out = out[0] if image.ndim == 2 else out.transpose(1, 2, 0)
-        record = {"hflip": flip, "angle": angle, "translate": [tx, ty], "scale": scale,
+        record = {"hflip": flip, "angle": angle, "translate": [tx, ty], "affine_scale": scale,
                   "brightness": brightness, "contrast": contrast}
         return np.ascontiguousarray(out), msk.numpy()[0] > 0, record
 

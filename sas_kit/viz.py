@@ -27,7 +27,7 @@ def describe(record: dict | None) -> str:
     if "op" in record:
         parts.append(record["op"] + (f" ×{record['zoom']:.2f}" if "zoom" in record else ""))
     if "angle" in record:
-        parts.append(f"rot {record['angle']:.0f}° scale {record['scale']:.2f}" + (" flip" if record.get("hflip") else ""))
+        parts.append(f"rot {record['angle']:.0f}° scale {record['affine_scale']:.2f}" + (" flip" if record.get("hflip") else ""))
     if "source_mask_area" in record and "mask_area" in record:
         parts.append(f"area {record['source_mask_area']}→{record['mask_area']} px")
     return ", ".join(parts)
@@ -127,32 +127,40 @@ def render_sas(image: np.ndarray, mask: np.ndarray, scale: float = 0.5, noise_mo
 
 def sas_explorer(pairs: dict[str, Sequence[tuple[str, np.ndarray, np.ndarray]]], render: Callable[..., Figure] = render_sas):
     """An ipywidgets UI over ``pairs`` ({dataset: [(id, image, mask), ...]}): dataset and image pickers and
-    sliders for scale, noise model, noise strength and ROI margin; each change calls ``render``."""
+    sliders for scale, noise model, noise strength and ROI margin; each change calls ``render``.
+
+    The figure is written into the Output widget's state (no ``with output:`` capture): notebook runners
+    (papermill/nbclient) can deadlock on captured widget output, so this UI is safe to build under them."""
     import ipywidgets as w
-    from IPython.display import display
 
     names = list(pairs)
-    dataset = w.Dropdown(options=names, value=names[0], description="dataset")
-    index = w.IntSlider(0, 0, max(len(pairs[names[0]]) - 1, 0), description="image")
-    scale = w.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="scale")
-    noise = w.Dropdown(options=NOISE_CHOICES, value="gamma", description="noise")
-    strength = w.FloatSlider(value=0.15, min=0.0, max=0.5, step=0.01, description="strength")
-    margin = w.FloatSlider(value=0.25, min=0.0, max=1.0, step=0.05, description="ROI margin")
-    crop = w.Checkbox(value=False, description="crop ROI first")
-    seed = w.IntText(value=0, description="seed")
+    if not names or not all(len(v) for v in pairs.values()):
+        raise ValueError("sas_explorer needs at least one dataset with at least one (id, image, mask) item")
+    c = dict(
+        dataset=w.Dropdown(options=names, value=names[0], description="dataset"),
+        index=w.IntSlider(0, 0, len(pairs[names[0]]) - 1, description="image"),
+        scale=w.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="scale"),
+        noise_model=w.Dropdown(options=NOISE_CHOICES, value="gamma", description="noise"),
+        strength=w.FloatSlider(value=0.15, min=0.0, max=0.5, step=0.01, description="strength"),
+        roi_margin=w.FloatSlider(value=0.25, min=0.0, max=1.0, step=0.05, description="ROI margin"),
+        roi_crop=w.Checkbox(value=False, description="crop ROI first"),
+        seed=w.IntText(value=0, description="seed"),
+    )
+    out = w.Output()
 
-    def on_dataset(change) -> None:
-        index.max = max(len(pairs[change["new"]]) - 1, 0)
-        index.value = 0
+    def update(_=None) -> None:
+        items = pairs[c["dataset"].value]
+        c["index"].max = len(items) - 1
+        _, image, mask = items[min(c["index"].value, len(items) - 1)]
+        settings = {k: c[k].value for k in ("scale", "noise_model", "strength", "roi_margin", "roi_crop", "seed")}
+        out.outputs = ()
+        try:
+            out.append_display_data(render(image, mask, **settings))
+        except Exception as error:  # show it in the UI, where the user is looking
+            out.append_stdout(f"{type(error).__name__}: {error}\n")
 
-    dataset.observe(on_dataset, names="value")
-
-    def show(dataset, index, scale, noise, strength, margin, crop, seed) -> None:
-        _, image, mask = pairs[dataset][index]
-        display(render(image, mask, scale=scale, noise_model=noise, strength=strength, roi_margin=margin,
-                       roi_crop=crop, seed=seed))
-
-    out = w.interactive_output(show, dict(dataset=dataset, index=index, scale=scale, noise=noise,
-                                          strength=strength, margin=margin, crop=crop, seed=seed))
-    controls = w.VBox([w.HBox([dataset, index]), w.HBox([scale, noise]), w.HBox([strength, margin]), w.HBox([crop, seed])])
-    return w.VBox([controls, out])
+    for control in c.values():
+        control.observe(update, names="value")
+    update()
+    rows = [("dataset", "index"), ("scale", "noise_model"), ("strength", "roi_margin"), ("roi_crop", "seed")]
+    return w.VBox([w.VBox([w.HBox([c[a], c[b]]) for a, b in rows]), out])
