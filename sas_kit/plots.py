@@ -10,12 +10,12 @@ import numpy as np  # noqa: E402
 
 
 def overlay(ax, image: np.ndarray, mask: np.ndarray, title: str = "", color=(1.0, 0.2, 0.2), alpha: float = 0.35):
-    """Show a greyscale image with its mask tinted and outlined."""
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    """Draw ``image`` (grey or RGB) with ``mask`` tinted and outlined on ``ax``."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     if mask is not None and mask.any():
         tint = np.zeros((*mask.shape, 4))
         tint[mask] = (*color, alpha)
-        ax.imshow(tint)
+        ax.imshow(tint, interpolation="nearest")
         ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
     ax.set_title(title, fontsize=8)
     ax.axis("off")

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sas_kit.augment import make_policy
+from sas_kit.plots import overlay
 
 SIZE_BINS = (0.01, 0.05, 0.20)  # edges of the "<1%", "1-5%", "5-20%", ">20%" evaluation bins
 NOISE_CHOICES = ("none", "gaussian", "rayleigh", "gamma", "texture")
@@ -31,18 +32,6 @@ def describe(record: dict | None) -> str:
     if "source_mask_area" in record and "mask_area" in record:
         parts.append(f"area {record['source_mask_area']}→{record['mask_area']} px")
     return ", ".join(parts)
-
-
-def overlay(ax, image: np.ndarray, mask: np.ndarray, title: str = "", color=(1.0, 0.2, 0.2)) -> None:
-    """Draw ``image`` (grey or RGB) with ``mask`` tinted and outlined on ``ax``."""
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    if mask.any():
-        tint = np.zeros((*mask.shape, 4))
-        tint[mask] = (*color, 0.35)
-        ax.imshow(tint, interpolation="nearest")
-        ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
-    ax.set_title(title, fontsize=8)
-    ax.set_axis_off()
 
 
 def _box(ax, box, color: str, label: str) -> None:
