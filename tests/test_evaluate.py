@@ -78,10 +78,10 @@ def test_evaluate_encodes_once_skips_empty_and_reuses_embeddings(lite, data, mon
     real = models.encode
     monkeypatch.setattr(models, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = {}
-    df = ev.evaluate(lite, "litemedsam", data, ["box", "2click"], embeddings=cache, progress=False)
+    df = ev.evaluate(lite, "litemedsam", data, ["box", "1click"], embeddings=cache, progress=False)
     assert len(calls) == 2 and len(cache) == 2  # two non-empty images, each encoded once for both prompts
     assert df.attrs["skipped_empty"] == 1 and df.attrs["skipped_ids"] == ["phantom-0-99"]
-    assert len(df) == 4 and set(df["prompt"]) == {"box", "2click"}
+    assert len(df) == 4 and set(df["prompt"]) == {"box", "1click"}
     assert df["dice"].notna().all() and (df.loc[df.prompt == "box", "dice"] > 0.6).all()
     assert set(df["size_bin"]) <= set(ev.SIZE_BINS) and (df["per_component"]).all()
     again = ev.evaluate(lite, "litemedsam", data, ["box"], embeddings=cache, progress=False)
