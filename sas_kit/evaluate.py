@@ -132,10 +132,16 @@ def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: i
                 embeddings[ident] = (embedding, meta)
         area = float(mask.mean())
         n_parts = len(components(mask))
+        clicks = max([segment.n_clicks(p) for p in prompts] + [0])
+        sequence = segment.predict_clicks(sam, spec, image, mask, clicks, embedding=embedding, meta=meta,
+                                          per_component=per_component) if clicks else []
         for k, prompt in enumerate(prompts):
-            rng = np.random.default_rng([seed, i, k])
-            pred = segment.predict(sam, spec, image, mask, prompt, rng=rng, embedding=embedding, meta=meta,
-                                   per_component=per_component, jitter=jitter)
+            if prompt == "box":
+                rng = np.random.default_rng([seed, i, k])
+                pred = segment.predict(sam, spec, image, mask, prompt, rng=rng, embedding=embedding, meta=meta,
+                                       per_component=per_component, jitter=jitter)
+            else:  # k-click results are prefixes of one deterministic session (segment.predict_clicks)
+                pred = sequence[segment.n_clicks(prompt) - 1]
             rows.append({"id": ident, "dataset": info.get("dataset"), "target": info.get("target"), "prompt": prompt,
                          "dice": dice(pred, mask), "iou": iou(pred, mask), "area_fraction": area,
                          "size_bin": size_bin(area), "n_components": n_parts, "model": spec.name,

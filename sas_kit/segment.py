@@ -24,19 +24,49 @@ def _predict_part(sam, spec, embedding, meta, part: np.ndarray, others: np.ndarr
         box = prompts.box_from_mask(part, jitter=jitter, rng=rng)
         _, _, full = models.decode(sam, spec, embedding, meta, boxes=box[None])
         return (full[0, 0] > 0).cpu().numpy(), {"box": box.tolist()}
-    points, labels, low_res = [prompts.first_click(part)], [1], None
-    for k in range(n_clicks(prompt)):
+    preds, given = _click_sequence(sam, spec, embedding, meta, part, others, n_clicks(prompt), multimask_first)
+    return preds[-1], given
+
+
+def _click_sequence(sam, spec, embedding, meta, part: np.ndarray, others: np.ndarray, clicks: int,
+                    multimask_first: bool) -> tuple[list[np.ndarray], dict]:
+    """Predictions after click 1, 2, ..., ``clicks`` of one part's interactive session. Clicks are
+    deterministic, so the k-click prompt's result is element k-1 of a longer session; once the prediction
+    is perfect no further click is given and it repeats."""
+    points, labels, low_res, preds = [prompts.first_click(part)], [1], None, []
+    for k in range(clicks):
         if k > 0:
-            click = prompts.next_click(part, pred, ignore=others)
+            click = prompts.next_click(part, preds[-1], ignore=others)
             if click is None:  # already perfect: no further click to give
+                preds += [preds[-1]] * (clicks - k)
                 break
             points.append(click[0])
             labels.append(click[1])
         low_res, _, full = models.decode(sam, spec, embedding, meta, points=np.array(points, dtype=np.float32),
                                          labels=np.array(labels), mask_input=low_res,
                                          multimask=multimask_first and k == 0)
-        pred = (full[0, 0] > 0).cpu().numpy()
-    return pred, {"points": [list(p) for p in points], "labels": labels}
+        preds.append((full[0, 0] > 0).cpu().numpy())
+    return preds, {"points": [list(p) for p in points], "labels": labels}
+
+
+def predict_clicks(sam, spec, image: np.ndarray, gt_mask: np.ndarray, clicks: int, embedding=None, meta=None,
+                   per_component: bool = True, multimask_first: bool = False) -> list[np.ndarray]:
+    """Predicted masks after 1..``clicks`` clicks from ONE session per part (element k-1 equals
+    ``predict(..., f"{k}click")``): evaluating 1, 2 and 3 clicks costs 3 decodes per part, not 6."""
+    spec = models.get_spec(spec)
+    gt = np.asarray(gt_mask).astype(bool)
+    if not gt.any():
+        raise ValueError("gt_mask is empty: no prompt can be simulated (evaluate() skips and counts such images)")
+    if embedding is None or meta is None:
+        embedding, meta = models.encode(sam, spec, image)
+    parts = prompts.components(gt) if per_component else [gt]
+    unions = [np.zeros_like(gt) for _ in range(clicks)]
+    with torch.no_grad():
+        for part in parts:
+            preds, _ = _click_sequence(sam, spec, embedding, meta, part, gt & ~part, clicks, multimask_first)
+            for union, pred in zip(unions, preds):
+                union |= pred
+    return unions
 
 
 def predict(sam, spec, image: np.ndarray, gt_mask: np.ndarray, prompt: str, rng: np.random.Generator | None = None,

@@ -77,3 +77,13 @@ def test_bad_prompts(lite, two_part):
     one[40, 60] = True  # a 1-pixel target still gets a valid prompt and a mask of the right shape
     for prompt in ("box", "2click"):
         assert segment.predict(lite, LITE, image, one, prompt, embedding=embedding, meta=meta).shape == mask.shape
+
+
+def test_click_session_prefixes_equal_separate_click_prompts(lite, two_part):
+    sam, spec = lite, LITE
+    image, mask, embedding, meta = two_part
+    sequence = segment.predict_clicks(sam, spec, image, mask, 3, embedding=embedding, meta=meta)
+    assert len(sequence) == 3
+    for k in (1, 2, 3):
+        alone = segment.predict(sam, spec, image, mask, f"{k}click", embedding=embedding, meta=meta)
+        assert np.array_equal(sequence[k - 1], alone)
