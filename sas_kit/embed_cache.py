@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sas_kit import config
+from sas_kit import config, models
+from sas_kit.augment import make_policy
 
 Policy = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
 
@@ -46,8 +47,6 @@ def get_policy(policy: str | Policy, seed: int | None = None, params: dict | Non
     """A policy callable: a callable passes through, a name goes to ``sas_kit.augment.make_policy``."""
     if callable(policy):
         return policy
-    from sas_kit.augment import make_policy
-
     return make_policy(policy, seed=seed, **(params or {}))
 
 
@@ -156,8 +155,6 @@ class EmbeddingCache:
     def get(self, sam, spec, image: np.ndarray, key: str | None = None,
             device: str | torch.device | None = None) -> tuple[torch.Tensor, dict]:
         """(embedding 1x256x64x64, meta) of ``image``: from memory, else disk, else one encoder call."""
-        from sas_kit import models
-
         key = key or pixel_key(image)
         hit = self._store.get(key)
         if hit is not None:

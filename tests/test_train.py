@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -9,15 +11,15 @@ import torch
 from sas_kit import models
 from sas_kit.embed_cache import EmbeddingCache, build_views, pixel_key
 from sas_kit.phantom import make_phantom
-from sas_kit.train import TrainConfig, dice_bce_loss, train_arrays
+from sas_kit.train import TrainConfig, dice_bce_loss, prompted_logits, train_arrays
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")
 def data():
-    pairs = [(img, m) for img, m, _ in make_phantom(6, seed=11)]
-    return pairs[:4], pairs[4:]
+    pairs = [(img, m) for img, m, _ in make_phantom(4, seed=11)]
+    return pairs[:3], pairs[3:]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_one_epoch_decoder_finetune(run_c):
     assert run_c.last.exists() and run_c.best.exists()
     assert len(run_c.train_loss) == 1 and np.isfinite(run_c.train_loss[0])
     assert 0.0 <= run_c.val_dice[0] <= 1.0 and 0.0 <= run_c.val_dice_initial <= 1.0
-    assert run_c.steps == 2  # 4 images x 1 view / batch 2
+    assert run_c.steps == 2  # 3 images x 1 view / batch 2: one full batch, one of a single image
     state = torch.load(run_c.last, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["config"]["views"] == 1 and state["model_name"] == "litemedsam"
     assert state["model"] and not any(k.startswith("image_encoder.") for k in state["model"])
@@ -56,18 +58,20 @@ def test_one_epoch_decoder_finetune(run_c):
     assert not list(run_c.out.glob("*.tmp"))  # atomic writes leave no temporaries
 
 
-def test_resume_equals_uninterrupted(run_a, run_c, data, cache):
-    resumed = train_arrays(config(run_c.out, epochs=2), *data, cache=cache, resume=True)
+def test_resume_equals_uninterrupted(run_a, run_c, data, cache, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(run_c.out, out)  # leave run_c's folder as it was for the other tests
+    resumed = train_arrays(config(out, epochs=2), *data, cache=cache, resume=True)
     assert resumed.resumed_from == 1 and resumed.steps == 2
     assert resumed.train_loss == run_a.train_loss
     assert resumed.val_dice == run_a.val_dice
     a = torch.load(run_a.last, weights_only=True)["model"]
     b = torch.load(resumed.last, weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    again = train_arrays(config(run_c.out, epochs=2), *data, cache=cache, resume=True)
+    again = train_arrays(config(out, epochs=2), *data, cache=cache, resume=True)
     assert again.steps == 0 and again.train_loss == run_a.train_loss  # finished runs are not redone
     with pytest.raises(ValueError, match="lr"):
-        train_arrays(config(run_c.out, epochs=3, lr=1e-3), *data, cache=cache, resume=True)
+        train_arrays(config(out, epochs=3, lr=1e-3), *data, cache=cache, resume=True)
 
 
 def test_same_seed_same_losses_and_dice(run_a, run_c):
@@ -127,20 +131,20 @@ def flip(image, mask, rng):
 
 def test_cache_encodes_each_view_once(data, monkeypatch, tmp_path):
     calls = _fake_encoder(monkeypatch)
-    train, val = data[0][:2], data[1][:1]
+    train, val = data[0][:1], data[1][:1]
     disk = tmp_path / "emb"
     first = EmbeddingCache("litemedsam", root=disk)
-    cfg = config(tmp_path / "r1", epochs=2, policy=flip, views=3, click_fraction=0.0, batch_size=6)
+    cfg = config(tmp_path / "r1", epochs=2, policy=flip, views=2, click_fraction=0.0, batch_size=4)
     r = train_arrays(cfg, train, val, cache=first)
-    assert r.encoder_calls == len(calls) == 2 * 3 + 1  # every view and val image once, not once per epoch
-    assert len(set(calls)) == len(calls) and r.steps == 2 and len(first) == 7
-    views = build_views(train, flip, 3, seed=0) + build_views(val, "none", 1)
+    assert r.encoder_calls == len(calls) == 1 * 2 + 1  # every view and val image once, not once per epoch
+    assert len(set(calls)) == len(calls) and r.steps == 2 and len(first) == 3
+    views = build_views(train, flip, 2, seed=0) + build_views(val, "none", 1)
     assert first.fill(None, "litemedsam", views, progress=False) == 0  # all in memory already
     again = EmbeddingCache("litemedsam", root=disk)  # a new process reads the files instead
-    assert again.fill(None, "litemedsam", views, progress=False) == 0 and again.disk_hits == 7
+    assert again.fill(None, "litemedsam", views, progress=False) == 0 and again.disk_hits == 3
     same = build_views(train, "none", 3)  # policy none: identical views share one embedding
     fresh = EmbeddingCache("litemedsam")
-    assert fresh.fill(None, "litemedsam", same, progress=False) == 2 and len(calls) == 9
+    assert fresh.fill(None, "litemedsam", same, progress=False) == 1 and len(calls) == 4
 
 
 def test_build_views_original_first_and_seeded(data):
@@ -155,6 +159,39 @@ def test_build_views_original_first_and_seeded(data):
     assert [v.key for v in build_views(train[:1], "sas", 3, seed=6)][1:] != [v.key for v in views[1:3]]
     with pytest.raises(ValueError, match="sample 0"):
         build_views([(train[0][0], train[0][1][:10])], "none", 1)
+
+
+def _draws_three_clicks(seed: int) -> bool:
+    rng = np.random.default_rng(seed)
+    rng.random()  # box-or-click draw (one part, so no part draw before it)
+    return int(rng.integers(1, 4)) == 3
+
+
+def test_click_steps_feed_back_previous_logits(base_model, data, monkeypatch):
+    calls = []
+    decode = models.decode
+
+    def spy(sam, spec, embedding, meta, **kw):
+        calls.append({"points": None if kw.get("points") is None else len(kw["points"]),
+                      "boxes": kw.get("boxes") is not None, "mask_input": kw.get("mask_input") is not None,
+                      "grad": torch.is_grad_enabled()})
+        return decode(sam, spec, embedding, meta, **kw)
+
+    monkeypatch.setattr(models, "decode", spy)
+    spec = models.get_spec("litemedsam")
+    image, mask = data[0][0]
+    meta = models.preprocess(spec, image)[1]
+    embedding = torch.zeros(1, 256, 64, 64)
+    cfg = TrainConfig(click_fraction=1.0, max_clicks=3)
+    seed = next(s for s in range(100) if _draws_three_clicks(s))
+    logits, target, others = prompted_logits(base_model, spec, embedding, meta, mask, np.random.default_rng(seed), cfg)
+    assert logits.requires_grad and logits.shape[-2:] == mask.shape and not others.any()
+    assert [c["points"] for c in calls] == [1, 2, 3] and not any(c["boxes"] for c in calls)
+    assert [c["mask_input"] for c in calls] == [False, True, True]  # NOTES #9: previous logits fed back
+    assert [c["grad"] for c in calls] == [False, False, True]  # only the last decode is trained
+    calls.clear()
+    prompted_logits(base_model, spec, embedding, meta, mask, np.random.default_rng(0), TrainConfig(click_fraction=0.0))
+    assert len(calls) == 1 and calls[0]["boxes"] and calls[0]["points"] is None
 
 
 def test_dice_bce_loss():
@@ -175,7 +212,7 @@ def test_cli_train_prints_epochs(monkeypatch, tmp_data_root, tmp_path, capsys):
     from sas_kit.cli import main
 
     out = tmp_path / "cli"
-    args = ["train", "--data", "phantom", "--epochs", "1", "--limit", "2", "--val-limit", "1", "--views", "1",
+    args = ["train", "--data", "phantom", "--epochs", "1", "--limit", "1", "--val-limit", "1", "--views", "1",
             "--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     text = capsys.readouterr().out
