@@ -139,8 +139,10 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           f"Data: {plan.data_source}. Internal: `{plan.internal}` (train/val/test); external: "
           f"{', '.join(f'`{e}`' for e in plan.externals) or 'none (phantom smoke run)'}.",
           f"Arms: {', '.join(plan.arms)}; prompts: {', '.join(plan.prompts)}; seeds: {list(plan.seeds)}; "
-          f"epochs: {plan.epochs}; views per image: {plan.views} (arm `none`: 1); mode: {plan.mode}; "
-          f"train limit: {plan.train_limit}; test limit per dataset: {plan.eval_limit}.",
+          f"epochs: {plan.epochs}; views per image: {plan.views} (arm `none`: {plan.views} copies of the original, so every arm takes the same steps); mode: {plan.mode}; "
+          f"train limit: {plan.train_limit}; test limit per dataset: {plan.eval_limit}; "
+          + (f"views drawn once with seed {plan.view_seed} and shared by every training seed (seeds vary order and "
+             f"prompts)." if plan.view_seed is not None else "views drawn per training seed."),
           "Prompts are simulated per connected component (one box / click sequence per part, union of the "
           "predictions). Empty masks are excluded from Dice: " + ", ".join(f"{k} {v}" for k, v in skipped.items()) + ".",
           f"SAS parameters: {plan.sas_params or 'kit defaults (docs/sas_parameters.md)'}"

@@ -40,6 +40,7 @@ class TrainConfig:
     batch_size: int = 4
     views: int = 3  # per image: view 0 the original, views 1..K-1 drawn by the policy
     seed: int = 0
+    view_seed: int | None = None  # seed of the pre-drawn views; None = seed (a fixed one shares encodes across seeds)
     train_limit: int | None = None
     val_limit: int | None = None
     click_fraction: float = 0.5  # share of steps prompted by clicks; the rest use boxes (NOTES #8)
@@ -241,7 +242,8 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         torch.set_rng_state(state["rng"]["torch"])
         first = state["epoch"] + 1
 
-    train_views = build_views(train_samples, cfg.policy, cfg.views, cfg.seed, cfg.policy_params)
+    view_seed = cfg.seed if cfg.view_seed is None else cfg.view_seed
+    train_views = build_views(train_samples, cfg.policy, cfg.views, view_seed, cfg.policy_params)
     val_views = build_views(val_samples, "none", 1, cfg.seed)
     items = [v for v in train_views if v.mask.any()]
     hist["skipped_empty"] = len(train_views) - len(items)
