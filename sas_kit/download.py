@@ -62,11 +62,13 @@ def _record_hash(fname: str, path: Path) -> None:
 
 def fetch(url: str, sha256: str | None, folder: Path, fname: str | None = None, retries: int = 2,
           progress: bool = True) -> Path:
-    """Download ``url`` into ``folder`` with pooch: hash-checked, atomic (a temporary file is renamed
-    only after a complete, verified download), retried ``retries`` times."""
+    """Download ``url`` into ``folder`` with pooch: hash-checked (``sha256`` hex, or ``"md5:<hex>"``), atomic
+    (a temporary file is renamed only after a complete, verified download), retried ``retries`` times."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fname = fname or url.rstrip("/").split("/")[-1]
-    fetcher = pooch.create(path=folder, base_url="", registry={fname: f"sha256:{sha256}" if sha256 else None},
+    known = sha256 if not sha256 or ":" in sha256 else f"sha256:{sha256}"
+    fetcher = pooch.create(path=folder, base_url="", registry={fname: known},
                            urls={fname: url}, retry_if_failed=retries)
     downloader = pooch.HTTPDownloader(progressbar=progress, timeout=60)
     return Path(fetcher.fetch(fname, downloader=downloader))

