@@ -14,13 +14,19 @@ def register(sub) -> None:
     bench.set_defaults(func=run)
 
 
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
 def print_table(rows: list[dict]) -> None:
     """A plain aligned table of dict rows (also valid Markdown)."""
     if not rows:
         print("(no rows)")
         return
     keys = list(rows[0])
-    cells = [[f"{r.get(k):.3g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys] for r in rows]
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
