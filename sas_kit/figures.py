@@ -54,14 +54,14 @@ def dice_by_size(sizes: pd.DataFrame, prompt: str = "box"):
 
 
 def learning_curves(history: pd.DataFrame):
-    """Validation box Dice per epoch (epoch 0 = the pretrained weights), mean over seeds, per arm."""
+    """Validation Dice (mean of box and 2-click) per epoch (epoch 0 = the pretrained weights), mean over seeds, per arm."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for arm, g in history.groupby("arm", sort=False):
-        curve = g.groupby("epoch")["val_box_dice"].mean()
-        start = g["val_box_dice_initial"].mean()
+        curve = g.groupby("epoch")["val_dice"].mean()
+        start = g["val_dice_initial"].mean()
         ax.plot([0, *curve.index], [start, *curve.values], marker="o", label=arm, color=ARM_COLORS.get(arm))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val Dice (box)")
+    ax.set_ylabel("val Dice (mean of box, 2-click)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

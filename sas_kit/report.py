@@ -156,7 +156,7 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           "## Dice by target size (all datasets pooled, seed-averaged; n images per bin in sizebins.csv)", "",
           size_pivot(sizes).to_markdown(floatfmt=".3f"), ""]
     if sweep is not None:
-        md += ["## SAS parameter sweep (internal val split, box Dice, seed 0)", "",
+        md += ["## SAS parameter sweep (internal val split, seed 0; score = mean of box and 2-click Dice)", "",
                sweep.drop(columns="params").to_markdown(index=False, floatfmt=".3f"), ""]
     md += ["## Paper, for comparison", "",
            f"Ferreira et al. report an average Dice gain of +{PAPER['average_gain']} [95% CI {PAPER['ci'][0]}, "

@@ -54,7 +54,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
         name="busi", dataset="BUSI (Dataset_BUSI_with_GT)", target="breast lesion", organ="breast",
         adapter="busi", licence="not formally stated for the data (article CC BY 4.0); cite the paper",
         citation=_BUSI_CITE, source="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
-        urls=("https://scholar.cu.edu.eg/Dataset_BUSI.zip",),
+        urls=("https://scholar.cu.edu.eg/Dataset_BUSI.zip",), hf_mirror="MedOtter/BUSI",
         mirror_folders=("busi", "Dataset_BUSI_with_GT"),
         split_rule="per image (no patient ids upstream; ~19% near-duplicates can leak, Pawlowska et al. 2023)",
         size_class="large", expected={"mirror": 115, "full": 780},

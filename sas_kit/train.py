@@ -185,15 +185,18 @@ def prompted_logits(sam, spec, embedding, meta, mask: np.ndarray, rng: np.random
 
 @torch.no_grad()
 def val_dice(sam, spec, val: Sequence[View], embed, device: str) -> float:
-    """Mean box-prompt Dice (one box per connected part, union) over the non-empty ``val`` views."""
+    """Model-selection score: mean over the non-empty ``val`` views of the average of box and 2-click Dice
+    (prompts per connected part, union). Training mixes both prompt kinds, so selection weighs both: a box-only
+    score could keep the pretrained weights, whose click Dice is near zero (NOTES #2)."""
     scores = []
     for v in val:
         if not v.mask.any():
             continue
         embedding, meta = embed(v)
         with autocast(device):
-            pred = segment.predict(sam, spec, v.image, v.mask, "box", embedding=embedding, meta=meta)
-        scores.append(dice_score(np.asarray(pred, bool), v.mask))
+            box = segment.predict(sam, spec, v.image, v.mask, "box", embedding=embedding, meta=meta)
+            clicks = segment.predict(sam, spec, v.image, v.mask, "2click", embedding=embedding, meta=meta)
+        scores.append((dice_score(np.asarray(box, bool), v.mask) + dice_score(np.asarray(clicks, bool), v.mask)) / 2)
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -208,7 +211,7 @@ def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
 def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: Sequence[tuple],
                  cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:
     """Fine-tune ``cfg.model`` on (image, mask) arrays; checkpoints go to ``cfg.out`` (last.pt each epoch,
-    best.pt by validation box Dice). Pass one ``cache`` to several runs to encode each view only once.
+    best.pt by :func:`val_dice`, box and 2-click). Pass one ``cache`` to several runs to encode each view once.
     With ``resume`` and an existing last.pt the run continues from it and ends as an uninterrupted one."""
     start = time.perf_counter()
     flush_denormals()

@@ -137,8 +137,8 @@ NB04 = nb([
                   "                      views=1 if arm == \"none\" else plan.views, out=f\"{OUT}/{arm}\")\n"
                   "    result = train_arrays(cfg, train, val, cache=cache)\n"
                   "    for epoch, (loss, dice) in enumerate(zip(result.train_loss, result.val_dice), start=1):\n"
-                  "        rows.append({\"arm\": arm, \"seed\": SEED, \"epoch\": epoch, \"train_loss\": loss, \"val_box_dice\": dice,\n"
-                  "                     \"val_box_dice_initial\": result.val_dice_initial})\n"
+                  "        rows.append({\"arm\": arm, \"seed\": SEED, \"epoch\": epoch, \"train_loss\": loss, \"val_dice\": dice,\n"
+                  "                     \"val_dice_initial\": result.val_dice_initial})\n"
                   "history = pd.DataFrame(rows)\nprint(\"encoder calls:\", cache.encoder_calls)\nhistory"),
     new_code_cell("figures.learning_curves(history);"),
     new_markdown_cell("## Summary\n\n- Decoder-only fine-tuning on cached embeddings costs one encoder call per "
@@ -174,5 +174,7 @@ NB05 = nb([
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent.parent / "notebooks"
     for name, book in [("01_datasets", NB01), ("03_zero_shot", NB03), ("04_finetune", NB04), ("05_reproduce", NB05)]:
+        for i, cell in enumerate(book.cells):
+            cell.id = f"c{name[:2]}-{i:02d}"  # stable ids: rebuilding gives no diff noise
         nbformat.write(book, here / f"{name}.ipynb")
         print("wrote", here / f"{name}.ipynb")
