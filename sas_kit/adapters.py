@@ -36,11 +36,6 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _num(text: str) -> int:
-    found = re.search(r"\((\d+)\)", text)
-    return int(found.group(1)) if found else -1
-
-
 def busi(root: Path) -> tuple[list[Item], list[tuple[str, str]]]:
     """BUSI: ``<class> (N).png`` with ``<class> (N)_mask.png`` and extra ``_mask_K.png`` lesions (OR-ed)."""
     items: dict[str, Item] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 
@@ -27,9 +26,8 @@ def run(args) -> int:
     sheet = out / "phantom.png"
     plots.contact_sheet(samples).savefig(sheet, dpi=100)
     print(f"wrote {sheet}")
-    if importlib.util.find_spec("sas_kit.reproduce") is not None:
-        from sas_kit.reproduce import run_protocol
+    from sas_kit.reproduce import run_protocol
 
-        report = run_protocol(profile="quick", model="litemedsam", out=out / "reproduce", datasets_mode="phantom")
-        print(f"quick reproduction report: {report}")
+    report = run_protocol(profile="quick", model="litemedsam", out=out / "reproduce", datasets_mode="phantom")
+    print(f"quick reproduction report: {report}")
     return 0
