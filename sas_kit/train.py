@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sas_kit import config, models, prompts, segment
+from sas_kit.metrics import dice
 from sas_kit.embed_cache import EmbeddingCache, View, build_views
 
 DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
@@ -97,12 +98,6 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tens
     dice = 1.0 - (2.0 * inter + eps) / ((prob * prob).sum() + (target * target).sum() + eps)
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=keep, reduction="sum") / keep.sum().clamp(min=1)
     return dice + bce
-
-
-def dice_score(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
 def load_samples(name: str, split: str, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -196,7 +191,7 @@ def val_dice(sam, spec, val: Sequence[View], embed, device: str) -> float:
         with autocast(device):
             box = segment.predict(sam, spec, v.image, v.mask, "box", embedding=embedding, meta=meta)
             clicks = segment.predict(sam, spec, v.image, v.mask, "2click", embedding=embedding, meta=meta)
-        scores.append((dice_score(np.asarray(box, bool), v.mask) + dice_score(np.asarray(clicks, bool), v.mask)) / 2)
+        scores.append((dice(box, v.mask) + dice(clicks, v.mask)) / 2)  # non-empty mask: never NaN
     return float(np.mean(scores)) if scores else float("nan")
 
 
