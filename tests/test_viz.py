@@ -67,20 +67,61 @@ def test_render_sas_applies_the_slider_values(phantoms, noise):
         viz.render_sas(image, mask, noise_model="salt")
 
 
+def _controls(ui):
+    return {c.description: c for box in ui.children[0].children if hasattr(box, "children") for c in box.children}
+
+
 def test_sas_explorer_calls_render_and_updates(phantoms):
     calls = []
 
     def render(image, mask, **settings):
         calls.append(settings)
-        return viz.show_pair(image, mask, image, mask)
+        return viz.show_pair(image, mask, image, mask, {"policy": "sas", "scale": {"applied": False}})
 
-    pairs = {"a": [("x", im, m) for im, m, _ in phantoms[:2]], "b": [("y", im, m) for im, m, _ in phantoms[2:3]]}
+    loaded = []
+    pairs = {"a": [("x", im, m) for im, m, _ in phantoms[:2]],
+             "b": lambda: loaded.append(1) or [("y", im, m) for im, m, _ in phantoms[2:3]]}
     ui = viz.sas_explorer(pairs, render=render)
     assert calls and calls[-1]["scale"] == 0.5 and calls[-1]["noise_model"] == "gamma"
-    out = ui.children[1]
-    assert len(out.outputs) == 1
-    sliders = {c.description: c for box in ui.children[0].children for c in box.children}
-    sliders["scale"].value = 0.3
+    record, out = ui.children[1], ui.children[2]
+    assert len(out.outputs) == 1 and "no scale step" in record.value
+    controls = _controls(ui)
+    controls["scale"].value = 0.3
     assert calls[-1]["scale"] == 0.3 and len(out.outputs) == 1
-    sliders["dataset"].value = "b"
-    assert sliders["image"].max == 0
+    assert not loaded  # lazy: "b" is loaded only when picked
+    controls["dataset"].value = "b"
+    assert loaded and controls["image"].max == 0
+
+
+def test_sas_explorer_disables_noise_controls_without_noise(phantoms):
+    ui = viz.sas_explorer({"a": [("x", im, m) for im, m, _ in phantoms[:1]]})
+    controls = _controls(ui)
+    assert not controls["strength"].disabled
+    controls["noise"].value = "none"
+    assert controls["strength"].disabled and controls["ROI margin"].disabled
+    assert "no noise step" in ui.children[1].value and "gamma" not in ui.children[1].value
+
+
+def test_sas_explorer_shows_errors_instead_of_a_blank(phantoms):
+    def broken(image, mask, **settings):
+        raise RuntimeError("boom")
+
+    ui = viz.sas_explorer({"a": [("x", im, m) for im, m, _ in phantoms[:1]]}, render=broken)
+    out = ui.children[2]
+    assert out.outputs and "RuntimeError: boom" in out.outputs[0]["text"]
+
+
+def test_dataset_sources_say_how_to_get_missing_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAS_KIT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
+    sources = viz.dataset_sources(["phantom", "busi"], limit=2)
+    assert list(sources) == ["phantom", "busi (needs data)"]
+    with pytest.raises(RuntimeError, match="sas-kit data prepare busi"):
+        sources["busi (needs data)"]()
+    ui = viz.sas_explorer(sources)
+    _controls(ui)["dataset"].value = "busi (needs data)"
+    assert "SAS_KIT_MIRROR" in ui.children[2].outputs[0]["text"]
+
+
+def test_describe_names_the_steps_not_drawn():
+    assert viz.describe({"scale": {"applied": False}, "noise": {"applied": False}}) == "no scale step, no noise step"

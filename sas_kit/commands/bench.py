@@ -1,4 +1,4 @@
-"""``sas-kit bench augment|train``: benchmarks that print tables (speed goals live here, not in tests)."""
+"""``sas-kit bench augment|train|memory``: benchmarks that print tables (speed goals live here, not in tests)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import importlib
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["augment", "train"], help="what to benchmark")
+    bench.add_argument("what", choices=["augment", "train", "memory"], help="what to benchmark")
     bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
     bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
+    bench.add_argument("--profile", default="quick", help="notebook profile for `bench memory`")
+    bench.add_argument("--notebooks", nargs="*", default=None,
+                       help="`bench memory`: notebook name prefixes, e.g. 02 03 (default: all)")
+    bench.add_argument("--no-demo", action="store_true", help="`bench memory`: skip `sas-kit demo`")
     bench.set_defaults(func=run)
 
 
@@ -42,6 +46,8 @@ def run(args) -> int:
         kwargs["n"] = args.n
     if args.what == "train":
         kwargs["model"] = args.model
+    if args.what == "memory":
+        kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
     rows = bench(**kwargs)
     if args.json:
         import json

@@ -1,0 +1,69 @@
+"""Peak resident memory of each notebook's kernel (papermill, a profile) and of ``sas-kit demo``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sas_kit import config
+
+NOTEBOOK_DIR = config.REPO_ROOT / "notebooks"
+# Appended to each notebook: the kernel reports its own peak RSS (ru_maxrss is kB on Linux).
+PEAK_CELL = ("import resource, json\n"
+             "print('SAS_KIT_PEAK_RSS', json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))")
+
+
+def notebook_peak(path: Path, profile: str = "quick", timeout: int = 1800) -> dict:
+    """Execute ``path`` with papermill and the profile's parameters in a fresh kernel; return
+    ``{what, seconds, peak_rss_mib}`` where the peak is the kernel process's own maximum RSS."""
+    import json
+
+    import nbformat
+    import papermill
+    import yaml
+
+    params = yaml.safe_load((NOTEBOOK_DIR / "profiles" / f"{profile}.yaml").read_text())
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / path.name, Path(tmp) / f"out_{path.name}"
+        nbformat.write(nb, src)
+        t0 = time.perf_counter()
+        papermill.execute_notebook(str(src), str(out), parameters=params, cwd=str(path.parent),
+                                   kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        seconds = time.perf_counter() - t0
+        done = nbformat.read(out, as_version=4)
+    text = "".join(o.get("text", "") for o in done.cells[-1].outputs)
+    peak = json.loads(text.split("SAS_KIT_PEAK_RSS", 1)[1].split()[0])
+    return {"what": path.stem, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 2**20)}
+
+
+def command_peak(argv: list[str], what: str) -> dict:
+    """Run ``argv`` and return its peak RSS (the largest of the process and the children it waited for)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    return {"what": what, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+
+
+def bench_memory(profile: str = "quick", notebooks: list[str] | None = None, demo: bool = True,
+                 budget_mib: int = 2048) -> list[dict]:
+    """One row per notebook (``notebooks``: name prefixes such as "02"; default all) and for
+    ``sas-kit demo`` (into a temporary folder), each with its peak RSS and whether it fits ``budget_mib``."""
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if notebooks:
+        paths = [p for p in paths if any(p.name.startswith(n) for n in notebooks)]
+    rows = [notebook_peak(p, profile) for p in paths]
+    if demo:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(command_peak([sys.executable, "-m", "sas_kit", "demo", "--out", tmp], "sas-kit demo"))
+    for row in rows:
+        row["within_budget"] = row["peak_rss_mib"] <= budget_mib
+    return rows
