@@ -4,36 +4,13 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
+from sas_kit import adapters_manual
+from sas_kit.adapter_io import (IMAGE_EXTS, BadItem, Item, UnusableData, files, rasterise, read_image,  # noqa: F401
+                                read_mask, skip_summary)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-@dataclass
-class Item:
-    """One image and the file(s) that make its mask, before reading."""
-
-    id: str
-    image: Path | None
-    masks: list[Path] = field(default_factory=list)
-    group: str = ""
-    label: int | None = None  # palette index to select (multi-class masks); None = any foreground
-    fill: bool = False  # fill closed outlines (HC18 ellipses)
-    split: str | None = None  # an upstream split to respect ("test"), else None
-    phantom_index: int | None = None
-
-
-class BadItem(ValueError):
-    """An item that cannot be used; the message says why (it is counted and reported, never dropped silently)."""
-
-
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+_files = files
 
 
 def busi(root: Path) -> tuple[list[Item], list[tuple[str, str]]]:
@@ -118,60 +95,9 @@ def usgra(root: Path, label: int) -> tuple[list[Item], list[tuple[str, str]]]:
     return items, []
 
 
-def paired(root: Path) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Manual datasets: masks are files in a folder named ``*mask*`` or named ``<stem>_mask``; images are
-    the rest; pairs match by stem within the same upstream split (``test*`` folders → test)."""
-    images, masks = {}, {}
-    for p in _files(root):
-        rel = p.relative_to(root).parts
-        split = "test" if any(part.lower().startswith("test") for part in rel[:-1]) else None
-        is_mask = p.stem.endswith("_mask") or any("mask" in part.lower() for part in rel[:-1])
-        stem = p.stem[: -len("_mask")] if p.stem.endswith("_mask") else p.stem
-        (masks if is_mask else images)[(split, stem)] = p
-    items = [Item(id=("test_" if s else "") + stem, image=p, masks=[masks[(s, stem)]] if (s, stem) in masks else [],
-                  group=stem.split("_")[0], split=s) for (s, stem), p in images.items()]
-    return items, []
-
-
 ADAPTERS = {
-    "busi": busi, "bus_bra": bus_bra, "hc18": hc18, "carotid_cca": carotid_cca, "paired": paired,
+    "busi": busi, "bus_bra": bus_bra, "hc18": hc18, "carotid_cca": carotid_cca,
     "usgra_nerve": lambda root: usgra(root, 1), "usgra_vessel": lambda root: usgra(root, 2),
+    "tn3k": adapters_manual.tn3k, "ddti": adapters_manual.ddti, "kaggle_nerve": adapters_manual.kaggle_nerve,
+    "open_kidney": adapters_manual.open_kidney,
 }
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An 8-bit greyscale array (ultrasound content is grey; RGB/RGBA copies are converted)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("L"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise BadItem(f"corrupt or unreadable image ({error})") from None
-
-
-def read_mask(paths: list[Path], shape: tuple[int, int], label: int | None = None, fill: bool = False) -> np.ndarray:
-    """One boolean mask from one or more files: palette index ``label`` if given, else colour channels
-    only (``convert("L") > 0``; alpha is ignored, see NOTES.md #1); several files are OR-ed."""
-    if not paths:
-        raise BadItem("no mask file for this image")
-    out = np.zeros(shape, dtype=bool)
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                if label is not None:
-                    if img.mode != "P":
-                        raise BadItem(f"mask {path.name} is mode {img.mode}, expected a palette PNG with label {label}")
-                    arr = np.asarray(img) == label
-                else:
-                    grey = np.asarray(img.convert("L"))
-                    lossy = path.suffix.lower() in {".jpg", ".jpeg"}
-                    arr = grey > 127 if lossy else grey > 0
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise BadItem(f"corrupt or unreadable mask {path.name} ({error})") from None
-        if arr.shape != shape:
-            raise BadItem(f"mask {path.name} is {arr.shape[1]}x{arr.shape[0]} but the image is {shape[1]}x{shape[0]}")
-        out |= arr
-    if fill:
-        out = ndimage.binary_fill_holes(out)
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sas_kit import adapters, config, phantom, sources
-from sas_kit.download import obtain
+from sas_kit.download import COMPLETE_MARKER, find_local, obtain
 
-ADAPTER_VERSION = 1  # bump when reading rules change: invalidates prepared caches
+ADAPTER_VERSION = 2  # bump when reading rules change: invalidates prepared caches
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_SEED = 0
@@ -40,6 +41,8 @@ class Prepared:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     cached: bool = False
     empty: int = 0
+    source: str = ""  # the folder the copy was made from ("" for the phantom)
+    note: str = ""  # why a cached copy was used without checking its inputs, if so
 
     def counts(self) -> dict[str, int]:
         return {split: len(self.splits[split]) for split in SPLITS}
@@ -96,59 +99,110 @@ def _row(src: sources.Source, item: adapters.Item, image: np.ndarray, mask: np.n
     }
 
 
-def _fingerprint(name: str, root: Path | None, files: list[Path]) -> str:
-    digest = hashlib.sha256(f"{name}:{ADAPTER_VERSION}:{FRACTIONS}:{SPLIT_SEED}".encode())
-    for p in files:
-        digest.update(f"{p.relative_to(root)}:{p.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
+def _recipe(name: str) -> str:
+    """What besides the input files decides the prepared copy: reading rules and split settings."""
+    return f"{name}:{ADAPTER_VERSION}:{FRACTIONS}:{SPLIT_SEED}"
 
 
-def _read_items(src: sources.Source, mirror) -> tuple[list[dict], list[tuple[str, str]], list[str | None], str]:
-    """Rows, skipped (path, reason), upstream split hints, and a fingerprint of the inputs."""
-    if src.adapter == "phantom":
-        rows, fixed = [], []
-        for i in range(PHANTOM_COUNT):
-            image, mask, _ = phantom.phantom_sample(i, seed=0)
-            item = adapters.Item(id=f"phantom_{i:03d}", image=None, group=f"phantom_{i:03d}")
-            rows.append(_row(src, item, image, mask, f"phantom:{i}"))
-            fixed.append(None)
-        return rows, [], fixed, _fingerprint(src.name, None, [])
-    root = obtain(src, mirror)
+def fingerprint(root: Path | None) -> dict:
+    """A fingerprint of every file under ``root``: relative path, size and modification time (ns), hashed.
+    Stat-based rather than content hashes so that checking a 10,000-file folder on every ``load`` costs
+    milliseconds, not a full read; any edit, replacement, addition or removal changes it (a rewrite that
+    keeps both size and mtime is the blind spot: use ``--force`` then)."""
+    if root is None:
+        return {"root": "", "files": 0, "bytes": 0, "digest": ""}
+    digest, count, total = hashlib.sha256(), 0, 0
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != COMPLETE_MARKER:
+            st = p.stat()
+            digest.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            count, total = count + 1, total + st.st_size
+    return {"root": str(root.resolve()), "files": count, "bytes": total, "digest": digest.hexdigest()[:20]}
+
+
+def _unusable(src: sources.Source, root: Path, seen: dict, skipped: list[tuple[str, str]]) -> adapters.UnusableData:
+    lines = [f"{src.name}: no usable image/mask pair under {root}",
+             f"seen: {seen['files']} files ({seen['images']} image files); skipped: {len(skipped)}"]
+    lines += adapters.skip_summary(skipped) or ["no file name matched the expected layout"]
+    lines.append(f"expected layout: {src.layout or src.split_rule}")
+    lines.append("see data/README.md for where to get the data and which folder to place")
+    return adapters.UnusableData("\n  ".join(lines))
+
+
+def _read_items(src: sources.Source, root: Path) -> tuple[list[dict], list[tuple[str, str]], list[str | None]]:
+    """Rows, skipped (path, reason) and upstream split hints read from ``root``."""
     adapter = adapters.ADAPTERS[src.adapter]
     items, skipped = adapter(root)
-    if not items:
-        raise adapters.BadItem(f"no {src.name} images found under {root}: expected the upstream layout "
-                               f"({src.split_rule}); see data/README.md")
     rows, fixed = [], []
     for item in tqdm(items, desc=f"read {src.name}", unit="img", leave=False):
         try:
             image = adapters.read_image(item.image)
-            mask = adapters.read_mask(item.masks, image.shape, label=item.label, fill=item.fill)
+            mask = adapters.read_mask(item.masks, image.shape, label=item.label, fill=item.fill,
+                                      polygons=item.polygons)
         except adapters.BadItem as error:
-            skipped.append((str(item.image), str(error)))
+            skipped.append((str(item.image.relative_to(root)), str(error)))
             continue
         rows.append(_row(src, item, image, mask, str(item.image.relative_to(root))))
         fixed.append(item.split)
-    files = [i.image for i in items] + [m for i in items for m in i.masks]
-    return rows, skipped, fixed, _fingerprint(src.name, root, sorted(files))
+    if not rows:
+        seen = {"files": sum(p.is_file() for p in root.rglob("*")), "images": len(adapters.files(root))}
+        raise _unusable(src, root, seen, skipped)
+    return rows, skipped, fixed
+
+
+def _phantom_rows(src: sources.Source) -> tuple[list[dict], list[tuple[str, str]], list[str | None]]:
+    rows = []
+    for i in range(PHANTOM_COUNT):
+        image, mask, _ = phantom.phantom_sample(i, seed=0)
+        item = adapters.Item(id=f"phantom_{i:03d}", image=None, group=f"phantom_{i:03d}")
+        rows.append(_row(src, item, image, mask, f"phantom:{i}"))
+    return rows, [], [None] * len(rows)
+
+
+def _split_dataset(rows: list[dict]) -> hf.Dataset:
+    if not rows:  # a tiny set can leave a split empty; from_list([]) cannot carry the features
+        return hf.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
+    return hf.Dataset.from_list(rows, features=FEATURES)
+
+
+def _cached(name: str, info: dict, note: str = "") -> Prepared:
+    return Prepared(name, hf.load_from_disk(str(prepared_dir(name) / "arrow")), [tuple(s) for s in info["skipped"]],
+                    cached=True, empty=info["empty"], source=info.get("inputs", {}).get("root", ""), note=note)
 
 
 def prepare(name: str, mirror: Path | str | None = None, force: bool = False) -> Prepared:
-    """Prepare ``name`` (a key of ``sources.SOURCES``) as train/val/test Arrow datasets under the data
-    root. A second call is a cache hit unless the input files changed or ``force`` is set."""
+    """Prepare ``name`` (a key of ``sources.SOURCES``) as train/val/test Arrow datasets under the data root.
+
+    The copy records the folder it was read from and a fingerprint of that folder (``fingerprint``).
+    A later call locates the inputs configured now (``mirror`` or ``$SAS_KIT_MIRROR``, then ``raw/``) and
+    reuses the copy only if folder and fingerprint both match; otherwise it rebuilds, so a copy made from
+    another mirror or from since-changed files is never returned. Only when no input is configured or
+    placed at all is the existing copy used as is (``Prepared.note`` says so). ``force`` always rebuilds."""
     src = sources.get(name)
     out = prepared_dir(name)
-    if is_prepared(name) and not force:
-        info = json.loads((out / "prepare.json").read_text())
-        if src.adapter == "phantom" or mirror is None and config.mirror_dir() is None or _same_inputs(src, mirror, info):
-            return Prepared(name, hf.load_from_disk(str(out / "arrow")), [tuple(s) for s in info["skipped"]],
-                            cached=True, empty=info["empty"])
-    rows, skipped, fixed, fingerprint = _read_items(src, mirror)
+    info = json.loads((out / "prepare.json").read_text()) if is_prepared(name) else None
+    if info is not None and (info.get("recipe") != _recipe(name) or force):
+        info = None
+    if src.adapter == "phantom":
+        if info is not None:
+            return _cached(name, info)
+        inputs, (rows, skipped, fixed) = fingerprint(None), _phantom_rows(src)
+    else:
+        root = find_local(src, mirror)
+        nothing_configured = root is None and mirror is None and config.mirror_dir() is None
+        if info is not None and root is None and nothing_configured:
+            return _cached(name, info, note=f"inputs not found now; using the copy prepared from "
+                                            f"{info['inputs']['root']} ({info['inputs']['files']} files)")
+        root = root or obtain(src, mirror)
+        inputs = fingerprint(root)  # taken before reading: a change during the read shows up next time
+        if info is not None and info.get("inputs") == inputs:
+            return _cached(name, info)
+        rows, skipped, fixed = _read_items(src, root)
     split_of = assign_splits([r["group"] for r in rows], fixed)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
     parts = {s: [rows[i] for i in order if split_of[i] == s] for s in SPLITS}
-    dd = hf.DatasetDict({s: hf.Dataset.from_list(parts[s], features=FEATURES) for s in SPLITS})
-    tmp = out.with_name(out.name + ".tmp")
+    dd = hf.DatasetDict({s: _split_dataset(parts[s]) for s in SPLITS})
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # two processes never write into one folder
     shutil.rmtree(tmp, ignore_errors=True)
     hf.disable_progress_bars()  # our own tqdm bar already covers the slow part
     try:
@@ -156,24 +210,13 @@ def prepare(name: str, mirror: Path | str | None = None, force: bool = False) ->
     finally:
         hf.enable_progress_bars()
     empty = sum(r["empty"] for r in rows)
-    info = {"name": name, "fingerprint": fingerprint, "counts": {s: len(parts[s]) for s in SPLITS},
+    info = {"name": name, "recipe": _recipe(name), "inputs": inputs, "counts": {s: len(parts[s]) for s in SPLITS},
             "empty": empty, "skipped": skipped, "adapter_version": ADAPTER_VERSION}
     (tmp / "prepare.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return Prepared(name, hf.load_from_disk(str(out / "arrow")), skipped, cached=False, empty=empty)
-
-
-def _same_inputs(src: sources.Source, mirror, info: dict) -> bool:
-    """Whether the located upstream files still match the fingerprint of the prepared copy."""
-    try:
-        root = obtain(src, mirror)
-    except Exception:
-        return True  # the inputs are gone but the prepared copy is still valid to use
-    adapter = adapters.ADAPTERS[src.adapter]
-    items, _ = adapter(root)
-    files = [i.image for i in items] + [m for i in items for m in i.masks]
-    return _fingerprint(src.name, root, sorted(files)) == info["fingerprint"]
+    return Prepared(name, hf.load_from_disk(str(out / "arrow")), skipped, cached=False, empty=empty,
+                    source=inputs["root"])
 
 
 def load(name: str, split: str = "test", limit: int | None = None, mirror: Path | str | None = None) -> hf.Dataset:

@@ -22,6 +22,7 @@ class Source:
     hf_mirror: str | None = None  # a Hugging Face dataset id mirroring the data, where one is known
     mirror_folders: tuple[str, ...] = ()  # folder names accepted under SAS_KIT_MIRROR
     split_rule: str = ""
+    layout: str = ""  # the upstream folder/file layout the adapter reads (shown when nothing usable is found)
     size_class: str = ""  # "small" / "large" target, as the SAS paper groups them
     expected: dict = field(default_factory=dict)  # expected pair counts of the known copies
     manual: str | None = None  # set when a person must fetch the data (licence click-through, login)
@@ -96,37 +97,58 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
         split_rule="upstream test/ folder is the test split; train/val per image (no subject ids upstream)",
         size_class="small", expected={"mirror": 244, "full": 244},
         notes="Palette label 2 = vessel; 25 images have no vessel (empty masks, kept and flagged)."),
-    # Public datasets that need a manual step: the kit reads the folder a user places.
+    # Public datasets that need a manual step: the kit reads the folder a user places, in its published layout.
     Source(
         name="tn3k", dataset="TN3K (thyroid nodules)", target="thyroid nodule", organ="thyroid",
-        adapter="paired", licence="research use; see the TRFE-Net repository's terms",
-        citation="Gong H et al. Less is more: Adaptive curriculum learning for thyroid nodule diagnosis / "
-                 "TRFE-Net, Computers in Biology and Medicine (2023)",
+        adapter="tn3k", licence="research use; see the TRFE-Net repository's terms",
+        citation="Gong H, Chen G, Wang R, Xie X, Mao M, Yu Y, Chen F, Li G. Multi-task learning for thyroid "
+                 "nodule segmentation with thyroid region prior (TRFE-Net). IEEE ISBI 2021",
         source="https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation",
-        mirror_folders=("tn3k", "Thyroid Dataset/tn3k"), split_rule="upstream trainval/test folders",
-        size_class="small", manual="Download TN3K (Google Drive link in the source repository's README) and "
-        "unzip it into DIR/tn3k/ (folders trainval-image, trainval-mask, test-image, test-mask)."),
+        mirror_folders=("tn3k", "TN3K", "Thyroid Dataset/tn3k"),
+        split_rule="official test-image/ = test; train/val from tn3k-trainval-fold0.json when present, else per "
+                   "image (no patient ids upstream)",
+        layout="trainval-image/NNNN.jpg + trainval-mask/NNNN.jpg, test-image/ + test-mask/ (JPEG masks), "
+               "optional tn3k-trainval-fold0.json",
+        size_class="small", expected={"full": 3493},
+        manual="Download TN3K (link in the source repository's README) and unzip it so that "
+               "DIR/tn3k/ holds trainval-image/, trainval-mask/, test-image/, test-mask/ (and the fold JSON files)."),
     Source(
-        name="ddti", dataset="DDTI (thyroid)", target="thyroid nodule", organ="thyroid", adapter="paired",
-        licence="research use; terms on the CIM@LAB project page",
-        citation="Pedraza L et al. An open access thyroid ultrasound image database. SPIE 9287 (2015)",
-        source="http://cimalab.unal.edu.co/?lang=en&mod=project&id=31", mirror_folders=("ddti",),
-        split_rule="per image", size_class="small",
-        manual="Download the pre-processed DDTI (image/ and mask/ PNG folders) and place it in DIR/ddti/."),
+        name="ddti", dataset="DDTI (Digital Database of Thyroid Ultrasound Images)", target="thyroid nodule",
+        organ="thyroid", adapter="ddti", licence="research use; terms on the CIM@LAB project page",
+        citation="Pedraza L, Vargas C, Narvaez F, Duran O, Munoz E, Romero E. An open access thyroid ultrasound "
+                 "image database. Proc. SPIE 9287 (2015)",
+        source="http://cimalab.unal.edu.co/?lang=en&mod=project&id=31", mirror_folders=("ddti", "DDTI"),
+        split_rule="by case (patient) for the original and cropped layouts; per image for the renumbered "
+                   "image/+mask/ copy",
+        layout="one of: <case>.xml + <case>_<k>.jpg (original, polygon outlines); cropped/<case>_<k>[(<j>)].png + "
+               "mask/<same>.gif (+ diagnosis.csv); image/N.PNG + mask/N.PNG",
+        size_class="small",
+        manual="Download DDTI (the original XML+JPG release from the CIM@LAB page or its Kaggle copy "
+               "'ddti-thyroid-ultrasound-images'; or a cropped/+mask/ or image/+mask/ derived copy) and place "
+               "its folder as DIR/ddti/."),
     Source(
         name="kaggle_nerve", dataset="Kaggle Ultrasound Nerve Segmentation", target="brachial plexus",
-        organ="nerve", adapter="paired", licence="Kaggle competition rules (non-commercial, login required)",
+        organ="nerve", adapter="kaggle_nerve", licence="Kaggle competition rules (non-commercial, login required)",
         citation="Kaggle Ultrasound Nerve Segmentation challenge (2016)",
-        source="https://www.kaggle.com/c/ultrasound-nerve-segmentation", mirror_folders=("kaggle_nerve",),
-        split_rule="by subject (file prefix before the first _)", size_class="small",
-        manual="Accept the competition rules on Kaggle, download train.zip and unzip it into DIR/kaggle_nerve/."),
+        source="https://www.kaggle.com/c/ultrasound-nerve-segmentation",
+        mirror_folders=("kaggle_nerve", "ultrasound-nerve-segmentation"),
+        split_rule="by subject (file prefix before the first _); test/ has no masks and is not used",
+        layout="train/<subject>_<n>.tif + train/<subject>_<n>_mask.tif (test/<n>.tif has no masks)",
+        size_class="small", expected={"full": 5635},
+        notes="About half the masks are empty (no nerve visible in that frame): kept and flagged.",
+        manual="Accept the competition rules on Kaggle, download the data and unzip it so that "
+               "DIR/kaggle_nerve/train/ holds the .tif files."),
     Source(
-        name="open_kidney", dataset="Open Kidney Ultrasound", target="kidney capsule", organ="kidney",
-        adapter="paired", licence="CC BY-NC-SA 4.0 after a data-use agreement",
-        citation="Singla R et al. The Open Kidney Ultrasound Data Set. ASMUS 2023",
-        source="https://rsingla.ca/kidneyUS/", mirror_folders=("open_kidney",), split_rule="per image",
+        name="open_kidney", dataset="Open Kidney Ultrasound Data Set", target="kidney capsule", organ="kidney",
+        adapter="open_kidney", licence="CC BY-NC-SA 4.0 after registration (non-commercial)",
+        citation="Singla R et al. The Open Kidney Ultrasound Data Set. ASMUS 2023 (arXiv:2206.06657)",
+        source="https://github.com/rsingla92/kidneyUS", mirror_folders=("open_kidney", "kidneyUS"),
+        split_rule="per image (one image per patient upstream)",
+        layout="PNG images (<n>_IM-....-anon.png, after registration) + labels/reviewed_labels_1.csv "
+               "(VGG Image Annotator polygons; Anatomy = Capsule)",
         size_class="large",
-        manual="Request access on the source page, then place images/ and masks/ (capsule) in DIR/open_kidney/."),
+        manual="Register on the source page to receive the images; place them in DIR/open_kidney/images/ and "
+               "copy labels/reviewed_labels_1.csv from the kidneyUS repository into DIR/open_kidney/labels/."),
 ]}
 
 REAL_TARGETS = ("busi", "bus_bra", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 from sas_kit import datasets, sources
-from sas_kit.adapters import BadItem
+from sas_kit.adapter_io import BadItem, UnusableData, skip_summary
 from sas_kit.download import DataUnavailable
 
 
@@ -43,13 +44,23 @@ def run_list(args) -> int:
 
 
 def run_prepare(args) -> int:
+    """Prepare each name; a failure prints the kit's message (never a traceback) and the exit code is 1.
+    ``SAS_KIT_DEBUG=1`` re-raises unexpected errors with their traceback."""
     failed = 0
     for name in args.names:
         start = time.perf_counter()
         try:
             prepared = datasets.prepare(name, mirror=args.mirror, force=args.force)
-        except (DataUnavailable, BadItem, KeyError) as error:
-            print(f"{name}: FAILED\n  {error}", file=sys.stderr)
+        except (DataUnavailable, UnusableData, BadItem, KeyError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"{name}: FAILED\n  {message}", file=sys.stderr)
+            failed += 1
+            continue
+        except Exception as error:  # noqa: BLE001 - a user of `data prepare` gets a message, not a traceback
+            if os.environ.get("SAS_KIT_DEBUG"):
+                raise
+            print(f"{name}: FAILED (unexpected {type(error).__name__}: {error})\n  run again with SAS_KIT_DEBUG=1 "
+                  "for the traceback and report it", file=sys.stderr)
             failed += 1
             continue
         counts = prepared.counts()
@@ -57,6 +68,10 @@ def run_prepare(args) -> int:
         print(f"{name}: {origin} in {time.perf_counter() - start:.1f}s  train {counts['train']}  val {counts['val']}"
               f"  test {counts['test']}  (empty masks kept and flagged: {prepared.empty}; skipped: "
               f"{len(prepared.skipped)})")
-        for path, reason in prepared.skipped:
-            print(f"  skipped {path}: {reason}")
+        if prepared.source:
+            print(f"  from {prepared.source}")
+        if prepared.note:
+            print(f"  note: {prepared.note}")
+        for line in skip_summary(prepared.skipped):
+            print(f"  {line}")
     return 1 if failed else 0
