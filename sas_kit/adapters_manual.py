@@ -116,7 +116,8 @@ def _ddti_folders(root: Path, images: list[Path], masks: dict, per_case: bool,
 
 
 def ddti(root: Path) -> Result:
-    """DDTI in one of three layouts, read in this order of preference (only one, so no nodule counts twice):
+    """DDTI in one of three layouts; the one with most images is read (ties: this order), the others' files are
+    reported as skipped, so no nodule counts twice:
     1. original (CIM@LAB): ``<case>.xml`` + ``<case>_<k>.jpg``; nodule outlines are rasterised; group = case.
     2. ``cropped/<case>_<k>[(<j>)].png`` + ``mask/<same>.gif`` (+ ``diagnosis.csv``, TI-RADS, not needed for
        segmentation): one nodule crop per file; group = case number.
@@ -131,7 +132,7 @@ def ddti(root: Path) -> Result:
         "cropped": [p for p in all_images if p.parent.name.lower() == "cropped"],
         "image/mask": [p for p in all_images if p.parent.name.lower() in {"image", "images"}],
     }
-    chosen = next((name for name, found in layouts.items() if found), None)
+    chosen = max(layouts, key=lambda name: len(layouts[name])) if any(layouts.values()) else None
     used = set(layouts.get(chosen, []))
     if chosen == "original":
         items = _ddti_original(root, layouts["original"], skipped)

@@ -206,7 +206,8 @@ def prepare(name: str, mirror: Path | str | None = None, force: bool = False) ->
     shutil.rmtree(tmp, ignore_errors=True)
     hf.disable_progress_bars()  # our own tqdm bar already covers the slow part
     try:
-        dd.save_to_disk(str(tmp / "arrow"))
+        # an empty split saved with the default 0 shards cannot be loaded back: give it one
+        dd.save_to_disk(str(tmp / "arrow"), num_shards={s: 1 for s in SPLITS if not parts[s]})
     finally:
         hf.enable_progress_bars()
     empty = sum(r["empty"] for r in rows)
