@@ -224,3 +224,15 @@ def test_cli_prepare_places_manual_dataset_and_summarises_skips(tmp_data_root, k
     out = capsys.readouterr().out
     assert "kaggle_nerve: prepared" in out and "skipped: 2" in out
     assert "2 skipped: test image: the competition has no masks for test/ (e.g. test/1.tif, test/2.tif)" in out
+
+
+def test_cli_prepare_reads_a_folder_placed_in_raw(tmp_data_root, capsys):
+    root = tmp_data_root / "raw" / "tn3k" / "Thyroid Dataset" / "tn3k"  # an extra zip folder level is fine
+    for part, n in (("trainval", 5), ("test", 2)):
+        for i in range(n):
+            save(root / f"{part}-image" / f"{i:04d}.jpg", np.full((32, 32), 90, np.uint8))
+            save(root / f"{part}-mask" / f"{i:04d}.jpg", (ellipse_mask(32, 32, 16, 16, 6) * 255).astype(np.uint8))
+    assert cli.main(["data", "prepare", "tn3k"]) == 0
+    out = capsys.readouterr().out
+    assert "tn3k: prepared" in out and "test 2" in out and "skipped: 0" in out
+    assert f"from {tmp_data_root / 'raw' / 'tn3k'}" in out
