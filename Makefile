@@ -13,7 +13,7 @@ export SAS_KIT_WEIGHTS_DIR
 endif
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test venv lab clean-notebooks
+.PHONY: demo test test-browser venv lab clean-notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests notebooks/01_datasets.ipynb --nbval-lax
+
+# Only the real-browser widget tests (JupyterLab + headless Chromium); `make test` runs them too.
+test-browser: venv
+	$(BIN)/python -m pytest -q tests/test_browser.py
 
 lab: venv
 	$(BIN)/jupyter lab notebooks/
