@@ -147,26 +147,26 @@ def browser():
 
 
 def _errors(page) -> str:
-    """Error and stderr outputs shown in the notebook (for failure messages)."""
-    return "\n".join(page.locator(".jp-OutputArea-output[data-mime-type*='stderr'], "
-                                  ".jp-OutputArea-output[data-mime-type*='error']").all_inner_texts())[-3000:]
+    """The notebook's outputs as shown (for failure messages)."""
+    return "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())[-3000:]
 
 
 def _wait_count(page, selector: str, n: int) -> None:
     try:
         expect(page.locator(selector)).to_have_count(n)
     except AssertionError as error:
-        raise AssertionError(f"{error}\nnotebook errors:\n{_errors(page)}") from None
+        raise AssertionError(f"{error}\nnotebook outputs:\n{_errors(page)}") from None
 
 
 def _run_all(browser, lab, name: str):
+    """Open notebook ``name`` in its own fresh workspace (no restored tabs) and run all its cells."""
     url, token, _ = lab
     page = browser.new_page(viewport={"width": 1600, "height": 1200})
     page.set_default_timeout(180_000)
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                           " && window.jupyterapp.shell.currentWidget.sessionContext"
-                           " && window.jupyterapp.shell.currentWidget.sessionContext.session")
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
+    page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " return w && w.context && w.context.path.endsWith(name)"
+                           " && w.sessionContext && w.sessionContext.session; }", arg=name)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     return page
 
