@@ -1,4 +1,4 @@
-"""The placed-by-hand datasets in their published layouts: DDTI (XML, cropped+GIF, image/mask), TN3K, Kaggle, Open Kidney."""
+"""Placed-by-hand datasets in their published layouts: DDTI (XML, cropped+GIF, image/mask), TN3K, Kaggle, Kidney."""
 
 from __future__ import annotations
 
