@@ -26,11 +26,12 @@ def find_checkpoints(root: str | Path) -> dict[str, Path]:
 
 
 def load_models(model: str = "litemedsam", checkpoints: dict[str, str | Path] | None = None,
-                device: str | None = None) -> dict[str, torch.nn.Module]:
+                device: str | None = None, base: torch.nn.Module | None = None) -> dict[str, torch.nn.Module]:
     """``{"zero-shot": base, label: fine-tuned, ...}``. A checkpoint that left the image encoder untouched
-    (decoder-only fine-tuning) shares the base model's encoder module: less memory, one encode per image."""
+    (decoder-only fine-tuning) shares the base model's encoder module: less memory, one encode per image.
+    Pass an already loaded zero-shot ``base`` to reuse it."""
     device = device or config.device()
-    base = models.load_model(model, device=device)
+    base = base if base is not None else models.load_model(model, device=device)
     loaded = {"zero-shot": base}
     for label, path in (checkpoints or {}).items():
         sam = models.load_model(model, checkpoint=path, device=device)
