@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("SAS_KIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 LAB_LIFETIME_S = 900  # the server is killed by its PID at teardown, and by `timeout` at the latest
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra) to run browser tests")
+pytest.importorskip("jupyterlab", reason="pip install jupyterlab (the lab extra) to run browser tests")
 expect = sync_api.expect
 expect.set_options(timeout=120_000)  # readiness waits on a loaded 2-core machine; checks meant to fail pass 5 s
 
