@@ -15,7 +15,9 @@ from scipy import ndimage
 from sas_kit import config, metrics, models
 from sas_kit.viz import load_items
 
-GT_COLOUR, PRED_COLOUR, POS_COLOUR, NEG_COLOUR, BOX_COLOUR = (40, 220, 90), (255, 60, 60), (40, 220, 90), (255, 60, 60), (255, 220, 0)
+GT_COLOUR = POS_COLOUR = (40, 220, 90)  # ground-truth outline, positive clicks
+PRED_COLOUR = NEG_COLOUR = (255, 60, 60)  # predicted mask tint, negative clicks
+BOX_COLOUR = (255, 220, 0)
 
 
 def find_checkpoints(root: str | Path) -> dict[str, Path]:
@@ -103,8 +105,9 @@ class Session:
         with torch.no_grad():
             for label, sam in self.sams.items():
                 embedding, meta = self._embeddings[id(sam.image_encoder)]
+                box = None if self.box is None else np.array([self.box], np.float32)
                 low_res, iou, full = models.decode(
-                    sam, self.spec, embedding, meta, boxes=None if self.box is None else np.array([self.box], np.float32),
+                    sam, self.spec, embedding, meta, boxes=box,
                     points=np.array(self.points, np.float32) if self.points else None,
                     labels=np.array(self.labels) if self.points else None, mask_input=self._logits.get(label))
                 mask = (full[0, 0] > 0).cpu().numpy()

@@ -27,7 +27,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("SAS_KIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 LAB_LIFETIME_S = 900  # the server is killed by its PID at teardown, and by `timeout` at the latest
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra) to run browser tests")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="pip install playwright (the test extra) to run browser tests")
 pytest.importorskip("jupyterlab", reason="pip install jupyterlab (the lab extra) to run browser tests")
 expect = sync_api.expect
 expect.set_options(timeout=120_000)  # readiness waits on a loaded 2-core machine; checks meant to fail pass 5 s
@@ -300,7 +301,8 @@ def draw_and_check(page, lab, i: int, timeout: float = 60_000) -> list[str]:
     before = canvas.get_attribute("src")
     canvas.scroll_into_view_if_needed()
     r = canvas.bounding_box()
-    page.mouse.click(r["x"] + (box[0] + box[2]) / 2 * r["width"] / hw[1], r["y"] + (box[1] + box[3]) / 2 * r["height"] / hw[0])
+    centre = ((box[0] + box[2]) / 2 * r["width"] / hw[1], (box[1] + box[3]) / 2 * r["height"] / hw[0])
+    page.mouse.click(r["x"] + centre[0], r["y"] + centre[1])
     expect(canvas).not_to_have_attribute("src", before, timeout=timeout)  # the click is drawn
     expect(widget.locator(".sas-try-status")).to_contain_text("prompt answered in", timeout=timeout)
     return first + [widget.locator(".sas-try-status").inner_text()]
