@@ -1,4 +1,5 @@
-"""Training-step cost: seconds per step (decoder / full), embedding-cache speed-up, memory, encoder roofline."""
+"""Training-step cost: prompted samples/s before (one-by-one, full-size loss) and after (batched, low-res loss),
+GFLOP per sample and the share of a peak, encoder s/image per precision, full mode, memory."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import numpy as np
 import torch
 
 from sas_kit import config, models
+from sas_kit import precision as policy
 from sas_kit.embed_cache import EmbeddingCache, build_views
 from sas_kit.phantom import PhantomSpec, make_phantom
-from sas_kit.train import (TrainConfig, autocast, dice_bce_loss, flush_denormals, make_optimizer, prompted_logits,
-                           trainable_parameters)
+from sas_kit.train import TrainConfig, flush_denormals, make_optimizer, trainable_parameters
+from sas_kit.train_step import dice_bce_loss, step_loss
 
 KEYS = ("measure", "device", "batch", "n", "seconds", "per_item_s", "items_per_s", "speedup", "peak_mem_mib",
-        "gflop_per_item", "tflop_per_s", "roofline_frac")
+        "gflop_per_item", "gflop_per_s", "peak_frac")
 
 
 def _sync(device: str) -> None:
@@ -24,13 +26,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _reset_peak(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-
 def _peak_mib(device: str) -> float:
-    """CUDA: peak allocated since the last reset. CPU: the process's peak RSS so far (it never goes down)."""
+    """CUDA: peak allocated so far. CPU: the process's peak RSS so far (it never goes down)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -46,141 +43,125 @@ def _row(measure: str, device: str, batch: int, n: int, seconds: float, **extra)
     return row
 
 
-def encoder_gflop(sam, spec) -> float:
-    """Image-encoder GFLOPs for one image (torch.utils.flop_counter; a multiply-add counts 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _gflop(fn) -> float:
+    """GFLOPs of the matmuls and convolutions ``fn`` runs, forward and backward (torch.profiler's count)."""
+    from torch.profiler import profile
 
-    x = torch.zeros(1, 3, spec.img_size, spec.img_size, device=sam.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        sam.image_encoder(x)
-    return counter.get_total_flops() / 1e9
-
-
-def decoder_step_gflop(sam, spec, view, cfg: TrainConfig) -> float:
-    """GFLOPs of one box-prompted decoder training step (forward + backward) from a cached embedding."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    trainable_parameters(sam, "decoder")
-    embedding = torch.zeros(1, 256, 64, 64, device=sam.device)
-    meta = models.preprocess(spec, view.image)[1]
-    with FlopCounterMode(display=False) as counter:
-        logits, target, _ = prompted_logits(sam, spec, embedding, meta, view.mask, np.random.default_rng(0), cfg)
-        dice_bce_loss(logits, torch.from_numpy(target).to(sam.device)[None, None]).backward()
-    sam.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 1e9
+    with profile(with_flops=True) as prof:
+        fn()
+    return sum(e.flops or 0 for e in prof.key_averages()) / 1e9
 
 
-def bench_train(model: str = "litemedsam", n: int = 4, batch_size: int = 1, device: str | None = None,
-                modes: tuple[str, ...] = ("decoder", "full"), peak_tflops: float | None = None,
-                encoder_batch: int = 16, seed: int = 0) -> list[dict]:
-    """Rows (see KEYS) timing ``n`` training steps of ``batch_size`` phantom images after one warm-up step:
+def legacy_loss(sam, spec, pairs, masks, rng, click_fraction: float, max_clicks: int, jitter: float) -> torch.Tensor:
+    """The step before batching (kept only to measure against): one decode per sample, upsampled to the original
+    size, loss there. Same prompt rules as :func:`sas_kit.train_step.step_loss`."""
+    from sas_kit import prompts, segment
 
-    - ``encode``: one image-encoder call (no grad) — what the cache saves;
-    - ``epoch decoder, cached`` / ``epoch decoder, no cache``: an epoch of n steps from cached embeddings
-      vs one that encodes every image at every step; ``speedup`` = no-cache time / cached time (goal ≥ 20;
-      bounded by (encoder + step FLOPs) / step FLOPs, see ``gflop_per_item`` of both rows);
-    - ``step full``: encoder and decoder trained (batched encoder pass with gradients);
-    - CUDA only: ``encoder throughput`` at ``encoder_batch`` images under bf16 autocast, with GFLOP per
-      image, achieved TFLOP/s and, given ``peak_tflops`` (bf16 dense peak), the fraction of the roofline.
-    Box prompts only, so every step costs the same. Memory: CPU peak RSS (process-wide, monotone) or
-    CUDA peak allocated per row."""
+    total = 0.0
+    for (emb, meta), mask in zip(pairs, masks):
+        if rng.random() >= click_fraction:
+            _, _, logits = models.decode(sam, spec, emb, meta, boxes=prompts.box_from_mask(mask, jitter, rng)[None])
+        else:
+            n = int(rng.integers(1, max_clicks + 1))
+            s = segment.click_sessions(sam, spec, [emb], [meta], [mask], [np.zeros_like(mask)], [n])[0]
+            _, _, logits = models.decode(sam, spec, emb, meta, points=np.asarray(s.points, np.float32),
+                                         labels=np.asarray(s.labels), mask_input=s.low_res if n > 1 else None)
+        total = total + dice_bce_loss(logits, torch.from_numpy(mask).to(logits.device)[None, None])
+    return total / len(masks)
+
+
+def bench_train(model: str = "litemedsam", n: int = 6, batch_size: int = 8, device: str | None = None,
+                modes: tuple[str, ...] = ("decoder", "full"), peak_gflops: float | None = None,
+                seed: int = 0) -> list[dict]:
+    """Rows (see KEYS), on phantom images (256 px), after one warm-up batch each:
+
+    - ``encode fp32`` / ``encode bf16``: one image-encoder call per image (what the embedding cache saves);
+      ``speedup`` of bf16 over fp32;
+    - ``train before`` / ``train after``: prompted training samples per second of ``n`` optimiser steps of
+      ``batch_size`` samples from cached embeddings — half boxes, half 1–3 iterative clicks, as the cpu profile
+      trains. Before: one decode per sample and the loss at the original size (the kit's earlier step). After:
+      :func:`sas_kit.train_step.step_loss` (equal prompts decoded together, loss on 256² low-res logits).
+      ``gflop_per_item``: decoder FLOPs per sample (forward + backward, click passes included);
+      ``gflop_per_s`` achieved, ``peak_frac`` its share of ``peak_gflops`` when given (this CPU's peak);
+    - ``step full``: encoder and decoder trained together (batched encoder pass with gradients).
+    Memory: CPU peak RSS so far (process-wide) or CUDA peak allocated."""
     flush_denormals()
     device = config.device(device)
     spec = models.get_spec(model)
     sam = models.load_model(model, device=device)
-    cfg = TrainConfig(model=model, click_fraction=0.0, batch_size=batch_size, progress=False, device=device)
-    pairs = [(img, m) for img, m, _ in make_phantom(n * batch_size + batch_size, seed=seed, spec=PhantomSpec(256))]
+    total = (n + 1) * batch_size
+    pairs = [(img, m) for img, m, _ in make_phantom(total, seed=seed, spec=PhantomSpec(256))]
     views = build_views(pairs, "none", 1)
-    rng = np.random.default_rng(seed)
     rows = []
-
-    # encoder alone (also fills the cache used below)
-    cache = EmbeddingCache(model)
-    cache.get(sam, spec, views[-1].image)  # warm-up
-    _reset_peak(device)
-    t = time.perf_counter()
-    with autocast(device):
+    caches = {}
+    for precision in ("fp32", "bf16"):
+        cache = caches[precision] = EmbeddingCache(model, precision=precision, device=device)
+        cache.get(sam, spec, views[-1].image)  # warm-up
+        t = time.perf_counter()
         cache.fill(sam, spec, views[:-1], progress=False)
-    _sync(device)
-    rows.append(_row("encode", device, 1, len(views) - 1, time.perf_counter() - t))
+        _sync(device)
+        rows.append(_row(f"encode {precision}", device, 1, len(views) - 1, time.perf_counter() - t))
+    rows[1]["speedup"] = round(rows[0]["seconds"] / rows[1]["seconds"], 2)
+    cfg = TrainConfig(model=model, batch_size=batch_size, progress=False, device=device)
+    prec = policy.resolve(None, device)
 
-    def decoder_epoch(use_cache: bool) -> float:
+    def epoch(loss_fn) -> tuple[float, float]:
         params = trainable_parameters(sam, "decoder")
         opt = make_optimizer(list(params.values()), cfg, device)
+        rng = np.random.default_rng(seed)
         batches = [views[i * batch_size:(i + 1) * batch_size] for i in range(n + 1)]
-        start = None
+        start, flops = None, 0.0
         for k, batch in enumerate(batches):
             if k == 1:  # batch 0 is the warm-up
                 _sync(device)
                 start = time.perf_counter()
+            p = [caches[prec].get(sam, spec, v.image, key=v.key, device=device) for v in batch]
             opt.zero_grad(set_to_none=True)
-            with autocast(device):
-                total = 0.0
-                for v in batch:
-                    if use_cache:
-                        emb, meta = cache.get(sam, spec, v.image, key=v.key, device=device)
-                    else:
-                        emb, meta = models.encode(sam, spec, v.image)
-                    logits, target, _ = prompted_logits(sam, spec, emb, meta, v.mask, rng, cfg)
-                    total = total + dice_bce_loss(logits, torch.from_numpy(target).to(device)[None, None])
-            (total / len(batch)).backward()
+
+            def run():
+                with policy.decoder(device, prec):
+                    loss = loss_fn(sam, spec, p, [v.mask for v in batch], rng, 0.5, 3, 0.05)
+                loss.backward()
+
+            if k == 0:
+                flops = _gflop(run)
+            else:
+                run()
             opt.step()
         _sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, flops / batch_size
 
     if "decoder" in modes:
-        _reset_peak(device)
-        cached = decoder_epoch(True)
-        rows.append(_row("epoch decoder, cached", device, batch_size, n, cached,
-                         gflop_per_item=round(decoder_step_gflop(sam, spec, views[0], cfg) * batch_size, 2)))
-        _reset_peak(device)
-        uncached = decoder_epoch(False)
-        rows.append(_row("epoch decoder, no cache", device, batch_size, n, uncached,
-                         speedup=round(uncached / cached, 1)))
+        for name, fn in (("train before", legacy_loss), ("train after", step_loss)):
+            seconds, gflop = epoch(fn)
+            rate = gflop * n * batch_size / seconds
+            rows.append(_row(name, device, batch_size, n * batch_size, seconds, gflop_per_item=round(gflop, 2),
+                             gflop_per_s=round(rate, 1), peak_frac=round(rate / peak_gflops, 3) if peak_gflops else None))
+        rows[-1]["speedup"] = round(rows[-2]["seconds"] / rows[-1]["seconds"], 2)
 
     if "full" in modes:
         params = trainable_parameters(sam, "full")
         opt = make_optimizer(list(params.values()), cfg, device)
-        _reset_peak(device)
+        rng = np.random.default_rng(seed)
         start = None
-        for k in range(n + 1):
+        steps = min(n, 2)
+        for k in range(steps + 1):
             if k == 1:
                 _sync(device)
                 start = time.perf_counter()
-            batch = views[k * batch_size:(k + 1) * batch_size]
+            batch = views[k * 2:(k + 1) * 2]
             opt.zero_grad(set_to_none=True)
-            with autocast(device):
+            with policy.decoder(device, prec):
                 encoded = [models.preprocess(spec, v.image) for v in batch]
-                emb = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device))
-                total = 0.0
-                for j, v in enumerate(batch):
-                    logits, target, _ = prompted_logits(sam, spec, emb[j:j + 1], encoded[j][1], v.mask, rng, cfg)
-                    total = total + dice_bce_loss(logits, torch.from_numpy(target).to(device)[None, None])
-            (total / len(batch)).backward()
+                with policy.encoder(device, prec):
+                    emb = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device)).float()
+                loss = step_loss(sam, spec, [(emb[j:j + 1], e[1]) for j, e in enumerate(encoded)],
+                                 [v.mask for v in batch], rng)
+            loss.backward()
             opt.step()
         _sync(device)
-        rows.append(_row("step full", device, batch_size, n, time.perf_counter() - start))
-
+        rows.append(_row("step full", device, 2, steps * 2, time.perf_counter() - start))
     trainable_parameters(sam, "decoder")
-    gflop = encoder_gflop(sam, spec)
-    if device.startswith("cuda"):
-        x = torch.randn(encoder_batch, 3, spec.img_size, spec.img_size, device=device)
-        with torch.no_grad(), autocast(device):
-            sam.image_encoder(x)  # warm-up
-            _reset_peak(device)
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(n):
-                sam.image_encoder(x)
-            _sync(device)
-        seconds = time.perf_counter() - t
-        tflops = gflop * encoder_batch * n / seconds / 1e3
-        rows.append(_row("encoder throughput bf16", device, encoder_batch, n * encoder_batch, seconds,
-                         gflop_per_item=round(gflop, 2), tflop_per_s=round(tflops, 2),
-                         roofline_frac=round(tflops / peak_tflops, 4) if peak_tflops else None))
-    else:
-        rows[0]["gflop_per_item"] = round(gflop, 2)
-        rows[0]["tflop_per_s"] = round(gflop * rows[0]["items_per_s"] / 1e3, 4)
     return rows
 
 

@@ -48,7 +48,15 @@ def device(preferred: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """How big a run is: per-split image limits, epochs, seeds, views per image."""
+    """How big a run is: images, epochs, seeds, views per image, batch, model selection, prompts scored.
+
+    ``train_limit``: internal training images; ``eval_limit``: non-empty images drawn per EXTERNAL dataset from
+    all its splits (externals are never trained on); the internal set is scored on its whole test split.
+    The cpu profile is sized by measurement (docs/protocol.md): 100 BUS-BRA images x 2 views x 5 epochs =
+    1,000 prompted samples per arm and seed in 250 AdamW updates of batch 4 at lr 5e-5 (the regime in which
+    the kit first measured a click gain, docs/notes.md); views drawn once (seed 0) and shared by both seeds,
+    because every distinct view costs an encoder call; last epoch selected (a val pass per epoch would cost
+    a third of training and the lr is constant and small)."""
 
     name: str
     train_limit: int | None
@@ -58,12 +66,16 @@ class Profile:
     views: int
     mode: str = "decoder"
     view_seed: int | None = None  # fixed: every seed trains on the same pre-drawn views (fewer encoder calls)
-    sweep_epochs: int = 1
+    batch_size: int = 4
+    select: str = "best"
+    prompts: tuple[str, ...] = ("box", "1click", "2click", "3click")
 
 
 PROFILES = {
-    "quick": Profile("quick", train_limit=6, eval_limit=4, epochs=1, seeds=(0,), views=2),
-    "cpu": Profile("cpu", train_limit=24, eval_limit=16, epochs=2, seeds=(0, 1, 2), views=3, view_seed=0),
+    "quick": Profile("quick", train_limit=6, eval_limit=4, epochs=1, seeds=(0,), views=2, batch_size=2,
+                     select="last"),
+    "cpu": Profile("cpu", train_limit=100, eval_limit=40, epochs=5, seeds=(0, 1), views=2, view_seed=0,
+                   batch_size=4, select="last", prompts=("box", "1click", "2click")),
     "gpu": Profile("gpu", train_limit=None, eval_limit=None, epochs=20, seeds=(0, 1, 2), views=3, mode="full",
-                   sweep_epochs=5),
+                   batch_size=8),
 }

@@ -112,16 +112,27 @@ def _plain_meta(meta: dict) -> dict:
 class EmbeddingCache:
     """Image-encoder outputs of the BASE weights of one model, in memory and (optionally) on disk.
 
-    Keys are :func:`pixel_key` of the image, files ``<root>/<key>.pt`` with root defaulting to
-    ``config.data_root()/cache/embeddings/<model>``. ``encoder_calls`` counts real encoder runs. Do not
-    use it with an encoder that was fine-tuned (mode ``full``): its embeddings differ from the cached ones.
+    An entry is keyed by everything that makes an embedding: the model and its base checkpoint hash, the
+    precision (:mod:`sas_kit.precision`), the preprocessing version (:data:`sas_kit.preprocess.VERSION`) — these
+    name the folder ``<root>/<model>/<precision>-prep<V>-<hash8>/`` — and the image pixels (:func:`pixel_key`,
+    the file name). So the same pixels are encoded once for every arm, seed, dataset (USGRA nerve and vessel
+    share images), notebook and run, and nothing encoded under other settings is ever returned. ``root=True``
+    uses ``config.data_root()/cache/embeddings``. ``encoder_calls`` counts real encoder runs. Do not use it with
+    an encoder that was fine-tuned (mode ``full``): its embeddings differ from the cached ones.
     """
 
-    def __init__(self, model: str, root: str | Path | bool | None = None, memory: bool = True):
+    def __init__(self, model: str, root: str | Path | bool | None = None, memory: bool = True,
+                 precision: str | None = "fp32", device: str | None = None):
+        from sas_kit import precision as policy
+        from sas_kit import preprocess
+
         self.model = model
+        self.precision = policy.resolve(precision, config.device(device))
+        spec = models.get_spec(model)
+        digest = (spec.sha256 or spec.md5 or "nohash")[:8]
         if root is True:
-            root = config.data_root() / "cache" / "embeddings" / model
-        self.root = Path(root) if root else None
+            root = config.data_root() / "cache" / "embeddings"
+        self.root = Path(root) / model / f"{self.precision}-prep{preprocess.VERSION}-{digest}" if root else None
         self.memory = memory
         self._store: dict[str, tuple[torch.Tensor, dict]] = {}
         self.encoder_calls = 0
@@ -141,6 +152,8 @@ class EmbeddingCache:
             return None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+            if obj.get("model") != self.model or obj.get("precision", self.precision) != self.precision:
+                raise ValueError(f"made for {obj.get('model')}/{obj.get('precision')}")
             return obj["embedding"], obj["meta"]
         except Exception as err:  # a truncated or foreign file: say so and re-encode
             raise ValueError(f"embedding cache file {path} is unreadable ({err}); delete it to re-encode") from err
@@ -149,7 +162,7 @@ class EmbeddingCache:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{key}.pt"
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"model": self.model, "embedding": embedding, "meta": meta}, tmp)
+        torch.save({"model": self.model, "precision": self.precision, "embedding": embedding, "meta": meta}, tmp)
         os.replace(tmp, path)
 
     def get(self, sam, spec, image: np.ndarray, key: str | None = None,
@@ -164,7 +177,7 @@ class EmbeddingCache:
             if hit is not None:
                 self.disk_hits += 1
             else:
-                embedding, meta = models.encode(sam, spec, image)
+                embedding, meta = models.encode(sam, spec, image, precision=self.precision)
                 self.encoder_calls += 1
                 hit = (embedding.detach().float().cpu(), _plain_meta(meta))
                 if self.root:

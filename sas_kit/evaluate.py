@@ -9,6 +9,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sas_kit import models, segment
+from sas_kit import prompts as prompts_mod
 from sas_kit.metrics import dice, iou  # noqa: F401  (re-exported: evaluate.dice / evaluate.iou)
 from sas_kit.prompts import components
 
@@ -83,52 +84,83 @@ def _examples(dataset) -> Iterable[tuple[str, np.ndarray, np.ndarray, dict]]:
             yield ident, np.asarray(image), np.asarray(mask, bool), {"dataset": "phantom", "target": "phantom"}
 
 
+def _embedding(store, sam, spec, ident: str, image: np.ndarray, precision: str):
+    """(embedding, meta) from an EmbeddingCache (pixel-keyed), a legacy id-keyed dict, or one encoder call."""
+    from sas_kit.embed_cache import EmbeddingCache
+
+    if isinstance(store, EmbeddingCache):
+        return store.get(sam, spec, image, device=sam.device)
+    if store is not None and ident in store:
+        return store[ident]
+    embedding, meta = models.encode(sam, spec, image, precision=precision)
+    if store is not None:
+        store[ident] = (embedding, meta)
+    return embedding, meta
+
+
 def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: int | None = None,
-             embeddings: dict | None = None, per_component: bool = True, jitter: float = 0.0,
-             progress: bool = True) -> pd.DataFrame:
+             embeddings=None, per_component: bool = True, jitter: float = 0.0, progress: bool = True,
+             precision: str = "fp32", batch_size: int = 16) -> pd.DataFrame:
     """One row per image × prompt: id, dataset, target, prompt, dice, iou, area_fraction, size_bin,
     n_components, model, per_component.
 
-    Each image is encoded once and its embedding reused for every prompt; ``embeddings`` (id →
-    (embedding, meta)) supplies pre-computed ones and is filled with any it lacks, so several arms that
-    share an encoder can share it. Images with an empty mask are excluded (Dice undefined): their number
-    is ``df.attrs["skipped_empty"]`` and their ids ``df.attrs["skipped_ids"]``. Prompts follow
-    :func:`segment.predict` (per connected component with union by default, NOTES #4); box jitter and
-    any randomness are seeded per image from ``seed``.
+    Each image is encoded once (under ``precision``) and its embedding reused for every prompt. ``embeddings``
+    is an :class:`~sas_kit.embed_cache.EmbeddingCache` (keyed by pixels, shared across arms, datasets and runs;
+    its precision wins) or a dict id → (embedding, meta) that is filled as it goes. Images with an empty mask
+    are excluded (Dice undefined): their number is ``df.attrs["skipped_empty"]`` and their ids
+    ``df.attrs["skipped_ids"]``. Prompts follow :func:`segment.predict` (per connected component with union by
+    default; docs/notes.md); box jitter is seeded per image from ``seed``; click sessions of ``batch_size``
+    parts from several images are decoded together (:func:`segment.click_sessions`).
     """
+    from sas_kit import precision as policy
+
     spec = models.get_spec(spec)
     prompts = list(prompts)
     for p in prompts:
         segment.n_clicks(p)  # validates names before any encoding
+    if embeddings is not None and hasattr(embeddings, "precision"):
+        precision = embeddings.precision
     rows, skipped = [], []
     items = list(dataset) if limit is None else [x for _, x in zip(range(limit), dataset)]
-    for i, (ident, image, mask, info) in enumerate(tqdm(_examples(items), total=len(items), desc=f"evaluate {spec.name}",
-                                                        disable=not progress)):
-        if not mask.any():
-            skipped.append(ident)
-            continue
-        if embeddings is not None and ident in embeddings:
-            embedding, meta = embeddings[ident]
-        else:
-            embedding, meta = models.encode(sam, spec, image)
-            if embeddings is not None:
-                embeddings[ident] = (embedding, meta)
-        area = float(mask.mean())
-        n_parts = len(components(mask))
-        clicks = max([segment.n_clicks(p) for p in prompts] + [0])
-        sequence = segment.predict_clicks(sam, spec, image, mask, clicks, embedding=embedding, meta=meta,
-                                          per_component=per_component) if clicks else []
-        for k, prompt in enumerate(prompts):
-            if prompt == "box":
-                rng = np.random.default_rng([seed, i, k])
-                pred = segment.predict(sam, spec, image, mask, prompt, rng=rng, embedding=embedding, meta=meta,
-                                       per_component=per_component, jitter=jitter)
-            else:  # k-click results are prefixes of one deterministic session (segment.predict_clicks)
-                pred = sequence[segment.n_clicks(prompt) - 1]
-            rows.append({"id": ident, "dataset": info.get("dataset"), "target": info.get("target"), "prompt": prompt,
-                         "dice": dice(pred, mask), "iou": iou(pred, mask), "area_fraction": area,
-                         "size_bin": size_bin(area), "n_components": n_parts, "model": spec.name,
-                         "per_component": per_component})
+    clicks = max([segment.n_clicks(p) for p in prompts] + [0])
+    bar = tqdm(total=len(items), desc=f"evaluate {spec.name}", disable=not progress)
+    examples = list(_examples(items))
+    with policy.decoder(sam.device, precision):
+        for start in range(0, len(examples), batch_size):
+            chunk = []
+            for i, (ident, image, mask, info) in enumerate(examples[start:start + batch_size], start=start):
+                if not mask.any():
+                    skipped.append(ident)
+                    continue
+                embedding, meta = _embedding(embeddings, sam, spec, ident, image, precision)
+                parts = components(mask) if per_component else [mask]
+                chunk.append((i, ident, image, mask, info, embedding, meta, parts))
+            owners = [c for c in chunk for _ in c[7]]
+            parts = [p for c in chunk for p in c[7]]
+            sessions = segment.click_sessions(
+                sam, spec, [c[5] for c in owners], [c[6] for c in owners], parts,
+                [c[3] & ~p for c, p in zip(owners, parts)], [clicks] * len(parts), batch_size=batch_size) if clicks else []
+            boxes = {}
+            for k, prompt in enumerate(prompts):
+                if prompt == "box":  # per image, one seeded stream draws the jitter of each part in turn
+                    rngs = {c[0]: np.random.default_rng([seed, c[0], k]) for c in chunk}
+                    drawn = [prompts_mod.box_from_mask(p, jitter=jitter, rng=rngs[c[0]]) for c, p in zip(owners, parts)]
+                    boxes[k] = segment.box_predictions(sam, spec, [c[5] for c in owners], [c[6] for c in owners], drawn,
+                                                       batch_size)
+            for i, ident, image, mask, info, embedding, meta, own in chunk:
+                mine = [j for j, c in enumerate(owners) if c[0] == i]
+                area = float(mask.mean())
+                for k, prompt in enumerate(prompts):
+                    if prompt == "box":
+                        pred = np.logical_or.reduce([boxes[k][j] for j in mine])
+                    else:  # k-click results are prefixes of one deterministic session per part
+                        pred = np.logical_or.reduce([sessions[j].preds[segment.n_clicks(prompt) - 1] for j in mine])
+                    rows.append({"id": ident, "dataset": info.get("dataset"), "target": info.get("target"),
+                                 "prompt": prompt, "dice": dice(pred, mask), "iou": iou(pred, mask),
+                                 "area_fraction": area, "size_bin": size_bin(area), "n_components": len(own),
+                                 "model": spec.name, "per_component": per_component})
+            bar.update(len(examples[start:start + batch_size]))
+    bar.close()
     df = pd.DataFrame(rows, columns=["id", "dataset", "target", "prompt", "dice", "iou", "area_fraction", "size_bin",
                                      "n_components", "model", "per_component"])
     df.attrs["skipped_empty"] = len(skipped)

@@ -16,7 +16,8 @@ ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "
 
 def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float, float, float] = (0.16, 0.132, 0.188)):
     """Gain with 95% CI per dataset (rows) and prompt (markers); the paper's average as a band."""
-    sub = gains[gains.comparison == comparison]
+    sub = gains[(gains.comparison == comparison) & gains.endpoint.isin(["gain", "gain per dataset"])]
+    sub = sub.rename(columns={"scope": "dataset"})
     datasets = list(dict.fromkeys(sub.dataset))
     prompts = list(dict.fromkeys(sub.prompt))
     fig, ax = plt.subplots(figsize=(6.5, 0.55 * max(len(datasets), 2) + 1.2))
@@ -54,14 +55,13 @@ def dice_by_size(sizes: pd.DataFrame, prompt: str = "box"):
 
 
 def learning_curves(history: pd.DataFrame):
-    """Validation Dice (mean of box and 2-click) per epoch (epoch 0 = the pretrained weights), mean over seeds, per arm."""
+    """Training loss (Dice + BCE) per epoch, mean over seeds, per arm."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for arm, g in history.groupby("arm", sort=False):
-        curve = g.groupby("epoch")["val_dice"].mean()
-        start = g["val_dice_initial"].mean()
-        ax.plot([0, *curve.index], [start, *curve.values], marker="o", label=arm, color=ARM_COLORS.get(arm))
+        curve = g.groupby("epoch")["train_loss"].mean()
+        ax.plot(curve.index, curve.values, marker="o", label=arm, color=ARM_COLORS.get(arm))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val Dice (mean of box, 2-click)")
+    ax.set_ylabel("training loss (Dice + BCE)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sas_kit import checkpoints
+from sas_kit import precision as precision_policy
+from sas_kit import preprocess as _prep
+from sas_kit.preprocess import SAM_MEAN as _SAM_MEAN, SAM_STD as _SAM_STD
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,6 @@ MODELS: dict[str, ModelSpec] = {
         description="MedSAM ViT-B (Zenodo 10.5281/zenodo.10689643)", licence="Apache-2.0",
         citation="Ma et al., Segment anything in medical images (Nat. Commun. 2024)"),
 }
-
-_SAM_MEAN = [123.675, 116.28, 103.53]
-_SAM_STD = [58.395, 57.12, 57.375]
 
 
 def get_spec(name: str | ModelSpec) -> ModelSpec:
@@ -162,78 +162,26 @@ def overlay(sam, checkpoint: str | Path, name: str = "model") -> None:
     sam.load_state_dict(state, strict=False)
 
 
-# --------------------------------------------------------------------------- geometry
-
-def _as_rgb(image) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"image must be HxW or HxWx3, got shape {image.shape}")
-    image = image[:, :, :3]
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == bool:
-        return image.astype(np.uint8) * 255
-    if image.size and (image.min() < 0 or image.max() > 255 or (image.dtype.kind == "f" and image.max() <= 1.0)):
-        raise ValueError(f"image values must be 0-255 (uint8 greyscale or RGB); got {image.dtype} in "
-                         f"[{image.min()}, {image.max()}] — convert with (img * 255).astype(np.uint8) if it is 0-1")
-    return np.rint(image).astype(np.uint8)
-
-
-def _longest_side(h: int, w: int, size: int) -> tuple[int, int]:
-    scale = size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
-def _area_resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """cv2.INTER_AREA-like resize of a uint8 HxWx3 image: box averaging down, bilinear up."""
-    h, w = image.shape[:2]
-    method = Image.BOX if hw[0] <= h and hw[1] <= w else Image.BILINEAR
-    return np.stack([np.asarray(Image.fromarray(image[:, :, c]).resize((hw[1], hw[0]), method))
-                     for c in range(3)], axis=2)
-
+# --------------------------------------------------------------------------- inference
 
 def preprocess(spec: ModelSpec | str, image) -> tuple[torch.Tensor, dict]:
-    """The model's input tensor 1x3xSxS (float, CPU) for a uint8 HxW or HxWx3 image, and ``meta``:
-    original_hw, resized_hw, scale (S / longest side) and scale_xy (per-axis factors used for prompts)."""
-    spec = get_spec(spec)
-    rgb = _as_rgb(image)
-    h, w = rgb.shape[:2]
-    size = spec.img_size
-    if spec.style == "litemedsam":
-        rh, rw = _longest_side(h, w, size)
-        x = _area_resize(rgb, (rh, rw)).astype(np.float32)
-        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-        scale_xy = (size / max(h, w),) * 2
-    elif spec.style == "medsam":  # MedSAM's inference stretches to SxS (bicubic) and min-max normalises
-        rh, rw = size, size
-        x = np.stack([np.asarray(Image.fromarray(rgb[:, :, c]).resize((size, size), Image.BICUBIC))
-                      for c in range(3)], axis=2).astype(np.float32)
-        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-        scale_xy = (size / w, size / h)
-    else:
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        rh, rw = _longest_side(h, w, size)
-        x = ResizeLongestSide(size).apply_image(rgb).astype(np.float32)
-        x = (x - np.array(_SAM_MEAN, np.float32)) / np.array(_SAM_STD, np.float32)
-        scale_xy = (rw / w, rh / h)
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
-    t = F.pad(t, (0, size - t.shape[-1], 0, size - t.shape[-2]))
-    meta = {"original_hw": (h, w), "resized_hw": (rh, rw), "scale": size / max(h, w),
-            "scale_xy": (float(scale_xy[0]), float(scale_xy[1]))}
-    return t, meta
+    """The model's input tensor 1x3xSxS (float, CPU) and ``meta`` for a uint8 image (:mod:`sas_kit.preprocess`)."""
+    return _prep.preprocess(get_spec(spec), image)
 
 
-def encode(sam, spec: ModelSpec | str, image) -> tuple[torch.Tensor, dict]:
-    """Run the image encoder once (no grad): (embedding 1x256x64x64 on the model's device, meta).
+def postprocess(spec: ModelSpec | str, low_res: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Low-res logits → logits at the original image size (:mod:`sas_kit.preprocess`)."""
+    return _prep.postprocess(get_spec(spec), low_res, meta)
 
-    The encoder is called directly on :func:`preprocess`'s tensor, so Sam.preprocess is never applied."""
+
+def encode(sam, spec: ModelSpec | str, image, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
+    """Run the image encoder once (no grad) under ``precision`` (:mod:`sas_kit.precision`): (float32 embedding
+    1x256x64x64 on the model's device, meta). The encoder is called directly on :func:`preprocess`'s tensor,
+    so Sam.preprocess is never applied."""
     x, meta = preprocess(spec, image)
-    with torch.no_grad():
+    with torch.no_grad(), precision_policy.encoder(sam.device, precision):
         embedding = sam.image_encoder(x.to(sam.device))
-    return embedding, meta
+    return embedding.float(), meta
 
 
 def _to_tensor(value, device) -> torch.Tensor:
@@ -241,45 +189,72 @@ def _to_tensor(value, device) -> torch.Tensor:
                            dtype=torch.float32, device=device)
 
 
-def postprocess(spec: ModelSpec | str, low_res: torch.Tensor, meta: dict) -> torch.Tensor:
-    """Low-res logits Bx1x256x256 → logits at the original size: upsample to SxS, crop the resized
-    extent (drop the padding), upsample to original_hw (Meta's Sam.postprocess_masks; for LiteMedSAM,
-    where S = 256, exactly the official crop-then-upsample)."""
-    spec = get_spec(spec)
-    size = spec.img_size
-    x = low_res if low_res.shape[-1] == size else F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
-    rh, rw = meta["resized_hw"]
-    x = x[..., :rh, :rw]
-    return F.interpolate(x, tuple(meta["original_hw"]), mode="bilinear", align_corners=False)
+def _predict_masks(decoder, image_embeddings, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskDecoder.predict_masks for G images with one prompt set each. Meta's version repeats the image
+    embeddings once per prompt set (``repeat_interleave``), which turns G images into G x G rows; this one
+    pairs row g of every input, so decoding a batch equals decoding its rows one by one."""
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = image_embeddings + dense
+    pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    mask_tokens_out = hs[:, 1:(1 + decoder.num_mask_tokens), :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+                           dim=1)
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    return masks, decoder.iou_prediction_head(hs[:, 0, :])
+
+
+def decode_batch(sam, embeddings: torch.Tensor, scales, boxes=None, points=None, labels=None, mask_input=None,
+                 multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder for G images at once, one prompt set per image, all of the same kind.
+
+    ``embeddings`` Gx256x64x64; ``scales`` G x (sx, sy) from each image's meta ``scale_xy``; ``boxes`` Gx4 xyxy and
+    ``points`` GxKx2 xy in ORIGINAL image pixels (``labels`` GxK: 1 positive, 0 negative); ``mask_input``
+    Gx1x256x256 previous low-res logits. Returns (low_res_logits Gx1x256x256, iou_pred Gx1); with ``multimask``
+    the output with the highest predicted IoU is kept per image. Differentiable outside ``torch.no_grad()``.
+    """
+    device = embeddings.device
+    scale = _to_tensor(scales, device).reshape(-1, 2)
+    box_t = pts = None
+    if boxes is not None:
+        box_t = _to_tensor(boxes, device).reshape(-1, 4) * scale.repeat(1, 2)
+    if points is not None:
+        if labels is None:
+            raise ValueError("points given without labels (1 = positive, 0 = negative)")
+        coords = _to_tensor(points, device).reshape(scale.shape[0], -1, 2) * scale[:, None, :]
+        pts = (coords, _to_tensor(labels, device).reshape(scale.shape[0], -1).to(torch.int64))
+    if mask_input is not None:
+        mask_input = _to_tensor(mask_input, device).reshape(-1, 1, *mask_input.shape[-2:])
+    sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
+    if dense.shape[0] != sparse.shape[0]:  # no mask input: one learned embedding, broadcast to every row
+        dense = dense.expand(sparse.shape[0], -1, -1, -1)
+    masks, iou = _predict_masks(sam.mask_decoder, embeddings, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+    if multimask:
+        masks, iou = masks[:, 1:], iou[:, 1:]
+        best = iou.argmax(dim=1)
+        rows = torch.arange(masks.shape[0], device=device)
+        return masks[rows, best][:, None], iou[rows, best][:, None]
+    return masks[:, :1], iou[:, :1]
 
 
 def decode(sam, spec: ModelSpec | str, embedding: torch.Tensor, meta: dict, boxes=None, points=None, labels=None,
            mask_input=None, multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt encoder + mask decoder for ONE image (Meta's decoder breaks for B>1 images).
+    """Prompt encoder + mask decoder for ONE image (:func:`decode_batch` with G = 1).
 
     ``boxes`` [1,4] xyxy and ``points`` [K,2] xy are in ORIGINAL image pixels (``labels`` [K]: 1 positive,
     0 negative); ``mask_input`` is a previous 1x1x256x256 low-res logit map. With ``multimask`` the output
     with the highest predicted IoU is kept. Returns (low_res_logits 1x1x256x256, iou_pred 1x1,
     logits_full 1x1xHxW). Differentiable when called outside ``torch.no_grad()``.
     """
-    spec = get_spec(spec)
-    device = embedding.device
-    sx, sy = meta["scale_xy"]
-    box_t = pts = None
     if boxes is not None:
-        box_t = _to_tensor(boxes, device).reshape(-1, 4)[:1] * torch.tensor([sx, sy, sx, sy], device=device)
+        boxes = _to_tensor(boxes, embedding.device).reshape(-1, 4)[:1]
     if points is not None:
-        coords = _to_tensor(points, device).reshape(1, -1, 2) * torch.tensor([sx, sy], device=device)
-        if labels is None:
-            raise ValueError("points given without labels (1 = positive, 0 = negative)")
-        pts = (coords, _to_tensor(labels, device).reshape(1, -1).to(torch.int64))
-    if mask_input is not None:
-        mask_input = _to_tensor(mask_input, device).reshape(1, 1, *mask_input.shape[-2:])
-    sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
-    low_res, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                    multimask_output=multimask)
-    if multimask:
-        best = int(iou[0].argmax())
-        low_res, iou = low_res[:, best:best + 1], iou[:, best:best + 1]
+        points = _to_tensor(points, embedding.device).reshape(1, -1, 2)
+        labels = None if labels is None else _to_tensor(labels, embedding.device).reshape(1, -1)
+    low_res, iou = decode_batch(sam, embedding, [meta["scale_xy"]], boxes=boxes, points=points, labels=labels,
+                                mask_input=mask_input, multimask=multimask)
     return low_res, iou, postprocess(spec, low_res, meta)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sas_kit.evaluate import bootstrap_ci, paired_gain
+from sas_kit import stats
+from sas_kit.evaluate import SIZE_BINS, bootstrap_ci
 
 PAPER = {"average_gain": 0.16, "ci": (0.132, 0.188), "max_gain": 0.35,
          "clicks": "two clicks reach box-prompt quality", "large": "large organs do not lose"}
@@ -37,43 +38,6 @@ def _pair(means: pd.DataFrame, dataset: str, prompt: str, a: str, b: str) -> tup
     return pivot[a].to_numpy(), pivot[b].to_numpy()
 
 
-def gains_table(per_image: pd.DataFrame, comparisons=(("sas", "none"), ("sas", "zero_shot"))) -> pd.DataFrame:
-    """Paired per-image gains (seed-averaged Dice) with bootstrap CIs, per dataset and prompt, plus the
-    average over external datasets (each dataset weighted equally; stratified bootstrap) (gains.csv)."""
-    means = seed_mean(per_image)
-    arms = set(means.arm)
-    rows = []
-    for a, b in comparisons:
-        if a not in arms or b not in arms:
-            continue
-        for prompt in means.prompt.unique():
-            diffs = {}
-            for dataset in means.dataset.unique():
-                xa, xb = _pair(means, dataset, prompt, a, b)
-                if len(xa) == 0:
-                    continue
-                gain, lo, hi = paired_gain(xb, xa, n_boot=N_BOOT, seed=0)  # gain of arm a over arm b
-                role = means[means.dataset == dataset].role.iloc[0]
-                rows.append({"dataset": dataset, "role": role, "comparison": f"{a}-{b}", "prompt": prompt,
-                             "n": len(xa), "gain": gain, "ci_low": lo, "ci_high": hi})
-                if role == "external":
-                    diffs[dataset] = xa - xb
-            if diffs:
-                gain, lo, hi = average_gain(list(diffs.values()))
-                rows.append({"dataset": "external average", "role": "external", "comparison": f"{a}-{b}",
-                             "prompt": prompt, "n": sum(len(d) for d in diffs.values()), "gain": gain,
-                             "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["dataset", "role", "comparison", "prompt", "n", "gain", "ci_low", "ci_high"])
-
-
-def average_gain(diffs: list[np.ndarray], n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float]:
-    """Mean over datasets of the mean per-image gain; CI by resampling images within each dataset."""
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([d.mean() for d in diffs]))
-    boots = np.mean([d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1) for d in diffs], axis=0)
-    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
 def sizebin_table(per_image: pd.DataFrame) -> pd.DataFrame:
     """Seed-averaged Dice by target size bin, per arm and prompt (all datasets pooled) (sizebins.csv)."""
     means = seed_mean(per_image)
@@ -87,7 +51,7 @@ def sizebin_table(per_image: pd.DataFrame) -> pd.DataFrame:
 
 def size_pivot(sizes: pd.DataFrame) -> pd.DataFrame:
     """Mean Dice with arms x prompts as rows and size bins as columns (the compact view of sizebins.csv)."""
-    order = [b for b in ["<1%", "1-5%", "5-20%", ">20%"] if b in set(sizes.size_bin)]
+    order = [b for b in SIZE_BINS if b in set(sizes.size_bin)]
     return sizes.pivot_table(index=["prompt", "arm"], columns="size_bin", values="dice_mean")[order]
 
 
@@ -107,62 +71,87 @@ def pooled_table(per_image: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _where(r) -> str:
+    return "above zero" if r.ci_low > 0 else "below zero" if r.ci_high < 0 else "includes zero"
+
+
 def verdict(gains: pd.DataFrame) -> list[str]:
-    """Plain sentences that say what the numbers say, whichever way they point."""
+    """Plain sentences for the pre-registered endpoints, whichever way they point (no best-cell headline)."""
     lines = []
-    sub = gains[(gains.comparison == "sas-none") & (gains.dataset == "external average")]
-    for _, r in sub.iterrows():
-        where = "above zero" if r.ci_low > 0 else "below zero" if r.ci_high < 0 else "includes zero"
-        lines.append(f"- External average gain SAS − none, {r.prompt}: {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
-                     f"(95% CI {where}; paper: +{PAPER['average_gain']:.2f} [{PAPER['ci'][0]}, {PAPER['ci'][1]}]).")
-    if sub.empty:
-        internal = gains[(gains.comparison == "sas-none")]
-        for _, r in internal.iterrows():
-            lines.append(f"- {r.dataset} ({r.role}) gain SAS − none, {r.prompt}: {_fmt(r.gain, r.ci_low, r.ci_high, True)}.")
-    best = gains[gains.comparison == "sas-none"].sort_values("gain", ascending=False).head(1)
-    for _, r in best.iterrows():
-        lines.append(f"- Largest gain: {r.dataset}, {r.prompt}: {r.gain:+.3f} (paper: up to +{PAPER['max_gain']:.2f}).")
+    for _, r in gains[gains.kind == "primary"].iterrows():
+        lines.append(f"- Primary — external-average gain SAS − none, {r.prompt}: {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
+                     f"(95% CI {_where(r)}; {r.n_images} images x {r.n_seeds} seeds; paper, over its own external sets: "
+                     f"+{PAPER['average_gain']:.2f} [{PAPER['ci'][0]}, {PAPER['ci'][1]}]).")
+    box = gains[(gains.endpoint == "gain") & (gains.prompt == "box")]
+    for _, r in box.iterrows():
+        lines.append(f"- Secondary — box prompts, SAS − none: {_fmt(r.gain, r.ci_low, r.ci_high, True)} (CI {_where(r)}).")
+    large = gains[gains.endpoint.str.contains("large-organ")]
+    for _, r in large.iterrows():
+        said = ("SAS LOSES on large targets" if r.ci_high < 0 else "no loss detected" if r.ci_low <= 0 else "SAS gains")
+        lines.append(f"- Large-organ check (> 20 % of the image, external, {r.prompt}): {_fmt(r.gain, r.ci_low, r.ci_high, True)}"
+                     f", n={r.n_images} — {said} (paper: {PAPER['large']}).")
+    gap = gains[gains.endpoint == "2-click minus box"]
+    for _, r in gap.iterrows():
+        lines.append(f"- Two clicks vs box after SAS (external average): {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
+                     f"(paper: {PAPER['clicks']}).")
+    forget = gains[gains.endpoint == "box forgetting"]
+    if not forget.empty:
+        worst = forget.sort_values("gain").iloc[0]
+        lines.append(f"- Box forgetting (fine-tuned − zero-shot box, per external set): from {forget.gain.min():+.3f} "
+                     f"to {forget.gain.max():+.3f}; lowest {worst.comparison} on {worst.scope}.")
+    if not gains[gains.kind == "primary"].empty:
+        lines.append(f"- What this run can detect: primary CI half-width ≤ {stats.detectable(gains):.3f} Dice, so an effect "
+                     f"of about {1.4 * stats.detectable(gains):.3f} would be found with ~80 % power.")
     return lines
 
 
-def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame, timings: dict, skipped: dict,
-                 sweep: pd.DataFrame | None, panels: list) -> Path:
+def _table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt="+.3f") if not df.empty else "(none)"
+
+
+def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame, record: dict,
+                 panels: list) -> Path:
     """Write every table and figure of a reproduction into ``out``; return summary.md."""
     from sas_kit import figures
 
-    results, gains, sizes = results_table(per_image), gains_table(per_image), sizebin_table(per_image)
+    results, gains, sizes = results_table(per_image), stats.endpoints(per_image), sizebin_table(per_image)
     results.to_csv(out / "results.csv", index=False)
     gains.to_csv(out / "gains.csv", index=False)
     sizes.to_csv(out / "sizebins.csv", index=False)
     figs = figures.write_figures(out, plan, per_image, gains, sizes, history, panels)
+    t = record["timings"]
+    cols = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
     md = [f"# SAS reproduction — profile `{plan.profile}`, model `{plan.model}`", "",
-          f"Data: {plan.data_source}. Internal: `{plan.internal}` (train/val/test); external: "
-          f"{', '.join(f'`{e}`' for e in plan.externals) or 'none (phantom smoke run)'}.",
-          f"Arms: {', '.join(plan.arms)}; prompts: {', '.join(plan.prompts)}; seeds: {list(plan.seeds)}; "
-          f"epochs: {plan.epochs}; views per image: {plan.views} (arm `none`: {plan.views} copies of the original, so every arm takes the same steps); mode: {plan.mode}; "
-          f"train limit: {plan.train_limit}; test limit per dataset: {plan.eval_limit}; "
-          + (f"views drawn once with seed {plan.view_seed} and shared by every training seed (seeds vary order and "
-             f"prompts)." if plan.view_seed is not None else "views drawn per training seed."),
-          "Prompts are simulated per connected component (one box / click sequence per part, union of the "
-          "predictions). Empty masks are excluded from Dice: " + ", ".join(f"{k} {v}" for k, v in skipped.items()) + ".",
-          f"SAS parameters: {plan.sas_params or 'kit defaults (docs/sas_parameters.md)'}"
-          + (" — chosen on the internal val split by the sweep below." if sweep is not None else "."),
-          f"Wall time: {timings['total_s']:.0f} s (training {timings['train_s']:.0f} s, evaluation "
-          f"{timings['evaluate_s']:.0f} s); image-encoder calls for training views: {timings['encoder_calls_cached']}.",
-          "", "## What the numbers say", "", *verdict(gains), "",
-          "## Gains (paired per image, seed-averaged, 95% bootstrap CI)", "",
-          gains.to_markdown(index=False, floatfmt="+.3f"), "",
-          "## Dice per dataset and arm (seed-averaged, 95% CI)", "", pooled_table(per_image).to_markdown(), "",
+          f"Data: {plan.data_source}. Internal: `{plan.internal}` ({record['train_images']} training images, whole "
+          f"test split scored); external (never trained on, all splits pooled, deterministic draw of up to "
+          f"{plan.eval_limit} non-empty images): {', '.join(f'`{e}`' for e in plan.externals) or 'none (phantom smoke run)'}.",
+          f"Images scored (non-empty): {', '.join(f'{k} {v}' for k, v in record['n_test'].items())}; empty masks left "
+          f"out of the pools: {', '.join(f'{k} {v}' for k, v in record['empty_left_out'].items())}.",
+          f"Arms: {', '.join(plan.arms)}; prompts: {', '.join(plan.prompts)} (zero_shot: box); seeds: {list(plan.seeds)}; "
+          f"{record['samples_per_arm_seed']} prompted training samples per arm x seed ({plan.epochs} epochs x "
+          f"{plan.views} views per image, batch {plan.batch_size}; arm `none` sees {plan.views} copies of the "
+          f"original, so every arm takes the same steps); mode {plan.mode}; precision {plan.precision}; model "
+          f"selection: {'last epoch' if plan.select == 'last' else 'best val score'}; "
+          + (f"views drawn once (seed {plan.view_seed}) and shared by every training seed." if plan.view_seed is not None
+             else "views drawn per training seed."),
+          "Prompts are simulated per connected component (one box / click session per part, union of the "
+          "predictions). CIs: bootstrap over seeds and images together; USGRA nerve and vessel are one cluster.",
+          f"SAS parameters: {plan.sas_params or 'kit defaults'} — {plan.sas_params_source}.",
+          f"Wall time: {t['total_s']:.0f} s (data {t['load_s']:.0f} s, training {t['train_s']:.0f} s, evaluation "
+          f"{t['evaluate_s']:.0f} s); image-encoder calls: {t['encoder_calls']}.",
+          "", "## What the numbers say (endpoints fixed in docs/protocol.md before the run)", "", *verdict(gains), "",
+          "## Primary and secondary endpoints (paired, 95% CI over seeds and images)", "",
+          _table(gains[gains.kind != "exploratory"][cols]), "",
+          "## Exploratory (per dataset, controls; not corrected for multiplicity — no headline)", "",
+          _table(gains[gains.kind == "exploratory"][cols]), "",
+          "## Dice per dataset and arm (seed-averaged, 95% CI over images)", "", pooled_table(per_image).to_markdown(), "",
           "## Dice by target size (all datasets pooled, seed-averaged; n images per bin in sizebins.csv)", "",
-          size_pivot(sizes).to_markdown(floatfmt=".3f"), ""]
-    if sweep is not None:
-        md += ["## SAS parameter sweep (internal val split, seed 0; score = mean of box and 2-click Dice)", "",
-               sweep.drop(columns="params").to_markdown(index=False, floatfmt=".3f"), ""]
-    md += ["## Paper, for comparison", "",
-           f"Ferreira et al. report an average Dice gain of +{PAPER['average_gain']} [95% CI {PAPER['ci'][0]}, "
-           f"{PAPER['ci'][1]}] over external datasets, up to +{PAPER['max_gain']}; {PAPER['clicks']}; "
-           f"{PAPER['large']}. Their model, data and SAS parameters are not public; this run uses public data, "
-           f"`{plan.model}` and the kit's explicit parameters.", "", "## Figures", ""]
+          size_pivot(sizes).to_markdown(floatfmt=".3f"), "",
+          "## Paper, for comparison", "",
+          f"Ferreira et al. report an average Dice gain of +{PAPER['average_gain']} [95% CI {PAPER['ci'][0]}, "
+          f"{PAPER['ci'][1]}] over external datasets, up to +{PAPER['max_gain']}; {PAPER['clicks']}; "
+          f"{PAPER['large']}. Their model, data and SAS parameters are not public; this run uses public data, "
+          f"`{plan.model}` and the kit's explicit parameters.", "", "## Figures", ""]
     md += [f"![{name}]({name})" for name in figs]
     path = out / "summary.md"
     path.write_text("\n".join(md) + "\n")
@@ -170,26 +159,27 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
 
 
 def readme_block(out: Path, command: str) -> str:
-    """The README's results section, generated from a reproduction's files."""
+    """The README's results section for one run, generated from its files."""
     import json
 
     plan = json.loads((Path(out) / "plan.json").read_text())
     gains = pd.read_csv(Path(out) / "gains.csv")
-    main = gains[gains.comparison == "sas-none"]
-    lines = [f"Generated by `{command}` (profile `{plan['profile']}`, model `{plan['model']}`, seeds "
-             f"{plan['seeds']}, {plan['epochs']} epochs, train limit {plan['train_limit']}, test limit "
-             f"{plan['eval_limit']} per dataset, wall time {plan['timings']['total_s']:.0f} s on this machine).",
-             "", "Paired Dice gain SAS − none (per image, seed-averaged, 95% bootstrap CI):", "",
-             main.pivot_table(index="dataset", columns="prompt", values="gain").to_markdown(floatfmt="+.3f"), "",
-             "With CIs:", "", main.to_markdown(index=False, floatfmt="+.3f"), "", *verdict(gains), "",
-             f"Full tables, Dice per arm and size bin, and figures: `{Path(out).name}/summary.md`."]
+    cols = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
+    lines = [f"Generated by `{command}` (profile `{plan['profile']}`, model `{plan['model']}`, arms "
+             f"{', '.join(plan['arms'])}, seeds {plan['seeds']}, {plan['train_images']} training images, "
+             f"{plan['samples_per_arm_seed']} prompted samples per arm x seed, images scored "
+             f"{', '.join(f'{k} {v}' for k, v in plan['n_test'].items())}, precision {plan['precision']}, wall time "
+             f"{plan['timings']['total_s']:.0f} s on this 2-core machine).", "", *verdict(gains), "",
+             _table(gains[gains.kind != "exploratory"][cols]), "",
+             f"Exploratory rows, Dice per arm and size bin, and figures: `{Path(out).name}/summary.md`."]
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, out: Path, command: str) -> None:
-    """Replace the text between the README's results markers with :func:`readme_block`."""
+def update_readme(readme: Path, out: Path, command: str, marker: str = "results") -> None:
+    """Replace the text between the README's ``<!-- {marker}:start -->`` / ``end`` markers with
+    :func:`readme_block`."""
     text = Path(readme).read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in text or end not in text:
         raise ValueError(f"{readme} has no {start} ... {end} markers")
     head, rest = text.split(start, 1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -28,25 +31,77 @@ def _predict_part(sam, spec, embedding, meta, part: np.ndarray, others: np.ndarr
     return preds[-1], given
 
 
+@dataclass
+class ClickSession:
+    """One part's interactive session: its clicks so far, the last low-res logits and the mask after each click."""
+
+    points: list
+    labels: list
+    low_res: torch.Tensor | None = None
+    preds: list = field(default_factory=list)
+    done: bool = False  # the prediction equalled the part: no further click to give
+
+
+def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequence[dict], parts: Sequence[np.ndarray],
+                   others: Sequence[np.ndarray], clicks: Sequence[int], multimask_first: bool = False,
+                   batch_size: int = 16) -> list[ClickSession]:
+    """Deterministic click sessions, one per part, decoded ``batch_size`` parts at a time (no grad).
+
+    Part i gets up to ``clicks[i]`` clicks: the first at its deepest point, each later one at the centre of the
+    largest error of the previous prediction (``others``, the target's other parts, are not errors), with the
+    previous low-res logits fed back as mask input, as SAM's interactive protocol does (docs/notes.md). Once a
+    prediction is perfect no click is left to give and it repeats. ``preds[k-1]`` is the mask after k clicks,
+    so 1-, 2- and 3-click results are prefixes of one session. Batching pairs each part with its own image
+    embedding (:func:`models.decode_batch`); the result equals decoding part by part."""
+    spec = models.get_spec(spec)
+    sessions = [ClickSession([prompts.first_click(p)], [1]) for p in parts]
+    with torch.no_grad():
+        for k in range(max(clicks, default=0)):
+            active = [i for i, s in enumerate(sessions) if clicks[i] > k and not s.done]
+            if k > 0:
+                for i in active:
+                    click = prompts.next_click(parts[i], sessions[i].preds[-1], ignore=others[i])
+                    if click is None:
+                        sessions[i].done = True
+                    else:
+                        sessions[i].points.append(click[0])
+                        sessions[i].labels.append(int(click[1]))
+                active = [i for i in active if not sessions[i].done]
+            for chunk in (active[j:j + batch_size] for j in range(0, len(active), batch_size)):
+                low, _ = models.decode_batch(
+                    sam, torch.cat([embeddings[i] for i in chunk]), [metas[i]["scale_xy"] for i in chunk],
+                    points=np.array([sessions[i].points for i in chunk], dtype=np.float32),
+                    labels=np.array([sessions[i].labels for i in chunk]),
+                    mask_input=torch.cat([sessions[i].low_res for i in chunk]) if k > 0 else None,
+                    multimask=multimask_first and k == 0)
+                for j, i in enumerate(chunk):
+                    sessions[i].low_res = low[j:j + 1]
+                    full = models.postprocess(spec, low[j:j + 1], metas[i])
+                    sessions[i].preds.append((full[0, 0] > 0).cpu().numpy())
+    for s, n in zip(sessions, clicks):
+        s.preds += s.preds[-1:] * (n - len(s.preds))
+    return sessions
+
+
+def box_predictions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequence[dict], boxes: Sequence,
+                    batch_size: int = 16) -> list[np.ndarray]:
+    """Masks (original size) for one xyxy box per part, decoded ``batch_size`` parts at a time (no grad)."""
+    spec = models.get_spec(spec)
+    out = []
+    with torch.no_grad():
+        for j in range(0, len(boxes), batch_size):
+            idx = range(j, min(j + batch_size, len(boxes)))
+            low, _ = models.decode_batch(sam, torch.cat([embeddings[i] for i in idx]), [metas[i]["scale_xy"] for i in idx],
+                                         boxes=np.array([boxes[i] for i in idx], dtype=np.float32))
+            out += [(models.postprocess(spec, low[k:k + 1], metas[i])[0, 0] > 0).cpu().numpy() for k, i in enumerate(idx)]
+    return out
+
+
 def _click_sequence(sam, spec, embedding, meta, part: np.ndarray, others: np.ndarray, clicks: int,
                     multimask_first: bool) -> tuple[list[np.ndarray], dict]:
-    """Predictions after click 1, 2, ..., ``clicks`` of one part's interactive session. Clicks are
-    deterministic, so the k-click prompt's result is element k-1 of a longer session; once the prediction
-    is perfect no further click is given and it repeats."""
-    points, labels, low_res, preds = [prompts.first_click(part)], [1], None, []
-    for k in range(clicks):
-        if k > 0:
-            click = prompts.next_click(part, preds[-1], ignore=others)
-            if click is None:  # already perfect: no further click to give
-                preds += [preds[-1]] * (clicks - k)
-                break
-            points.append(click[0])
-            labels.append(click[1])
-        low_res, _, full = models.decode(sam, spec, embedding, meta, points=np.array(points, dtype=np.float32),
-                                         labels=np.array(labels), mask_input=low_res,
-                                         multimask=multimask_first and k == 0)
-        preds.append((full[0, 0] > 0).cpu().numpy())
-    return preds, {"points": [list(p) for p in points], "labels": labels}
+    """Predictions after click 1, 2, ..., ``clicks`` of one part's session (:func:`click_sessions`)."""
+    s = click_sessions(sam, spec, [embedding], [meta], [part], [others], [clicks], multimask_first)[0]
+    return s.preds, {"points": [list(p) for p in s.points], "labels": s.labels}
 
 
 def predict_clicks(sam, spec, image: np.ndarray, gt_mask: np.ndarray, clicks: int, embedding=None, meta=None,
@@ -60,13 +115,9 @@ def predict_clicks(sam, spec, image: np.ndarray, gt_mask: np.ndarray, clicks: in
     if embedding is None or meta is None:
         embedding, meta = models.encode(sam, spec, image)
     parts = prompts.components(gt) if per_component else [gt]
-    unions = [np.zeros_like(gt) for _ in range(clicks)]
-    with torch.no_grad():
-        for part in parts:
-            preds, _ = _click_sequence(sam, spec, embedding, meta, part, gt & ~part, clicks, multimask_first)
-            for union, pred in zip(unions, preds):
-                union |= pred
-    return unions
+    sessions = click_sessions(sam, spec, [embedding] * len(parts), [meta] * len(parts), parts,
+                              [gt & ~p for p in parts], [clicks] * len(parts), multimask_first)
+    return [np.logical_or.reduce([s.preds[k] for s in sessions]) for k in range(clicks)]
 
 
 def predict(sam, spec, image: np.ndarray, gt_mask: np.ndarray, prompt: str, rng: np.random.Generator | None = None,

@@ -1,8 +1,7 @@
-"""Fine-tuning (decoder-only or full) with Dice + BCE, mixed box / iterative-click prompts, checkpoints, resume."""
+"""Fine-tuning (decoder-only or full): epochs over views, model selection, checkpoints, resume."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -12,11 +11,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sas_kit import config, models, prompts, segment
+from sas_kit import config, models, segment
+from sas_kit import precision as policy
 from sas_kit.metrics import dice
+from sas_kit.train_step import dice_bce_loss, step_loss  # noqa: F401  (dice_bce_loss re-exported)
 from sas_kit.embed_cache import EmbeddingCache, View, build_views
 
 DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
@@ -27,8 +27,8 @@ RESUMABLE = ("epochs", "out", "device", "progress", "disk_cache")
 @dataclass
 class TrainConfig:
     """One fine-tuning run. ``lr=None`` picks DEFAULT_LR[mode]: 5e-5 for the decoder (half MedSAM's 1e-4,
-    NOTES #8: a lower rate forgets less on box prompts) and 1e-5 when the encoder is trained too.
-    ``batch_size`` images are decoded one at a time and their gradients accumulated (Meta decoder bug)."""
+    a lower rate forgets less on box prompts, docs/notes.md) and 1e-5 when the encoder is trained too.
+    ``batch_size`` views make one optimiser step; their prompts are decoded in batches of equal kind."""
 
     model: str = "litemedsam"
     data: str = "phantom"
@@ -38,14 +38,16 @@ class TrainConfig:
     epochs: int = 4
     lr: float | None = None
     weight_decay: float = 0.01
-    batch_size: int = 4
+    batch_size: int = 4  # views per optimiser step, decoded together (train_step.decode_prompts)
     views: int = 3  # per image: view 0 the original, views 1..K-1 drawn by the policy
     seed: int = 0
     view_seed: int | None = None  # seed of the pre-drawn views; None = seed (a fixed one shares encodes across seeds)
+    select: str = "best"  # "best": best.pt by val score after each epoch; "last": the last epoch (val once, at the end)
+    precision: str | None = None  # "fp32", "bf16" or None/"auto" (sas_kit.precision); training and evaluation share it
     train_limit: int | None = None
     val_limit: int | None = None
-    click_fraction: float = 0.5  # share of steps prompted by clicks; the rest use boxes (NOTES #8)
-    max_clicks: int = 5  # click steps use 1..max_clicks iterative clicks, logits fed back (NOTES #9)
+    click_fraction: float = 0.5  # share of samples prompted by clicks; the rest use boxes (limits box forgetting)
+    max_clicks: int = 3  # click steps use 1..max_clicks iterative clicks, logits fed back: what evaluation scores
     box_jitter: float = 0.05
     out: str = "runs/train"
     device: str | None = None
@@ -57,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {sorted(DEFAULT_LR)}, got {self.mode!r}")
         if not 0.0 <= self.click_fraction <= 1.0:
             raise ValueError(f"click_fraction must be in [0, 1], got {self.click_fraction}")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', got {self.select!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.views < 1 or self.max_clicks < 1:
             raise ValueError("epochs, batch_size, views and max_clicks must all be >= 1")
 
@@ -79,25 +83,14 @@ class TrainResult:
     train_loss: list[float]
     val_dice: list[float]
     val_dice_initial: float
-    best_epoch: int  # 0 = no epoch beat the starting weights (best.pt then holds them)
+    best_epoch: int  # 0 = no epoch beat the starting weights (best.pt then holds them); select="last": the last
     encoder_calls: int  # image-encoder forward passes made by this call (cache hits excluded)
     seconds: float
     steps: int  # optimiser steps made by this call
     skipped_empty: int  # training views with an empty mask (nothing to prompt)
     resumed_from: int = 0
-
-
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
-                  eps: float = 1e-5) -> torch.Tensor:
-    """MedSAM's loss: soft Dice with squared predictions (MONAI DiceLoss(sigmoid, squared_pred)) + BCE.
-    Pixels where ``ignore`` is true (the target's other parts, prompted separately) count for neither."""
-    logits, target = logits.float(), target.float()
-    keep = torch.ones_like(target) if ignore is None else (~ignore.bool()).float()
-    prob = torch.sigmoid(logits) * keep
-    inter = (prob * target).sum()
-    dice = 1.0 - (2.0 * inter + eps) / ((prob * prob).sum() + (target * target).sum() + eps)
-    bce = F.binary_cross_entropy_with_logits(logits, target, weight=keep, reduction="sum") / keep.sum().clamp(min=1)
-    return dice + bce
+    samples: int = 0  # prompted training samples (one decode with gradients each) made by this call
+    precision: str = "fp32"
 
 
 def load_samples(name: str, split: str, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -130,16 +123,6 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def autocast(device: str):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU results stay exact and deterministic)."""
-    cuda = str(device).startswith("cuda")
-    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
-
-def _as_tensor(mask: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(mask)).to(device)[None, None]
-
-
 def _save(path: Path, obj: dict) -> None:
     """torch.save to a temporary file next to ``path``, then an atomic rename."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -147,48 +130,17 @@ def _save(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def prompted_logits(sam, spec, embedding, meta, mask: np.ndarray, rng: np.random.Generator,
-                    cfg: TrainConfig) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """One training decode: pick a connected part of ``mask`` (NOTES #4) and prompt it by a jittered box,
-    or (share ``click_fraction``) by 1..max_clicks clicks where each later click is placed on the error of
-    the previous prediction and the previous low-res logits are fed back (NOTES #9). Only the last decode
-    carries gradients; as in ``segment.predict`` the other parts are not errors. Returns (full-size logits
-    1x1xHxW, target part, other parts)."""
-    parts = prompts.components(mask)
-    target = parts[int(rng.integers(len(parts)))] if len(parts) > 1 else mask
-    others = mask & ~target
-    if rng.random() >= cfg.click_fraction:
-        box = prompts.box_from_mask(target, jitter=cfg.box_jitter, rng=rng)
-        _, _, logits = models.decode(sam, spec, embedding, meta, boxes=np.asarray(box)[None])
-        return logits, target, others
-    points, labels, prev = [prompts.first_click(target)], [1], None
-    for _ in range(int(rng.integers(1, cfg.max_clicks + 1)) - 1):
-        with torch.no_grad():
-            low, _, full = models.decode(sam, spec, embedding, meta, points=np.asarray(points, np.float32),
-                                         labels=np.asarray(labels), mask_input=prev)
-        click = prompts.next_click(target, full[0, 0].float().cpu().numpy() > 0, ignore=others)
-        if click is None:  # prediction already perfect
-            break
-        (x, y), label = click
-        points.append((x, y))
-        labels.append(int(label))
-        prev = low.detach()
-    _, _, logits = models.decode(sam, spec, embedding, meta, points=np.asarray(points, np.float32),
-                                 labels=np.asarray(labels), mask_input=prev)
-    return logits, target, others
-
-
 @torch.no_grad()
-def val_dice(sam, spec, val: Sequence[View], embed, device: str) -> float:
+def val_dice(sam, spec, val: Sequence[View], embed, device: str, precision: str = "fp32") -> float:
     """Model-selection score: mean over the non-empty ``val`` views of the average of box and 2-click Dice
     (prompts per connected part, union). Training mixes both prompt kinds, so selection weighs both: a box-only
-    score could keep the pretrained weights, whose click Dice is near zero (NOTES #2)."""
+    score could keep the pretrained weights, whose click Dice is near zero (docs/notes.md)."""
     scores = []
     for v in val:
         if not v.mask.any():
             continue
         embedding, meta = embed(v)
-        with autocast(device):
+        with policy.decoder(device, precision):
             box = segment.predict(sam, spec, v.image, v.mask, "box", embedding=embedding, meta=meta)
             clicks = segment.predict(sam, spec, v.image, v.mask, "2click", embedding=embedding, meta=meta)
         scores.append((dice(box, v.mask) + dice(clicks, v.mask)) / 2)  # non-empty mask: never NaN
@@ -203,30 +155,43 @@ def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
                          f"({ {k: old.get(k) for k in diff} }); use the same settings or another --out")
 
 
+def epoch_views(cfg: TrainConfig, samples: Sequence[tuple], epoch: int) -> list[View]:
+    """The training views of ``epoch``. Decoder mode: the same pre-drawn views every epoch (each encoded once,
+    from the cache). Full mode: drawn afresh every epoch (the encoder is trained, nothing is cached, so fresh
+    augmentations cost nothing extra), from ``SeedSequence([view seed, epoch])``."""
+    view_seed = cfg.seed if cfg.view_seed is None else cfg.view_seed
+    if cfg.mode == "full":
+        view_seed = int(np.random.SeedSequence([view_seed, epoch]).generate_state(1)[0])
+    return build_views(samples, cfg.policy, cfg.views, view_seed, cfg.policy_params)
+
+
 def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: Sequence[tuple],
                  cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:
-    """Fine-tune ``cfg.model`` on (image, mask) arrays; checkpoints go to ``cfg.out`` (last.pt each epoch,
-    best.pt by :func:`val_dice`, box and 2-click). Pass one ``cache`` to several runs to encode each view once.
-    With ``resume`` and an existing last.pt the run continues from it and ends as an uninterrupted one."""
+    """Fine-tune ``cfg.model`` on (image, mask) arrays; checkpoints go to ``cfg.out`` (last.pt each epoch;
+    best.pt: by :func:`val_dice` (box and 2-click) after each epoch, or the last epoch with ``select="last"``).
+    Pass one ``cache`` to several runs to encode each view once. With ``resume`` and an existing last.pt the run
+    continues from it and ends as an uninterrupted one."""
     start = time.perf_counter()
     flush_denormals()
     device = config.device(cfg.device)
+    precision = policy.resolve(cfg.precision, device)
     spec = models.get_spec(cfg.model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     last, best = out / "last.pt", out / "best.pt"
-    hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0}
+    hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0,
+            "val_dice_initial": float("nan")}
     state = None
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
         _check_resume(state, cfg, last)
         hist = state["history"]
         if state["epoch"] >= cfg.epochs:  # already complete: nothing to load, encode or train
-            return _result(out, hist, 0, start, 0, state["epoch"])
+            return _result(out, hist, 0, start, 0, state["epoch"], 0, precision)
     if cache is None:
-        cache = EmbeddingCache(cfg.model, root=True if cfg.disk_cache else None)
-    elif cache.model != cfg.model:
-        raise ValueError(f"embedding cache is for model {cache.model!r}, not {cfg.model!r}")
+        cache = EmbeddingCache(cfg.model, root=True if cfg.disk_cache else None, precision=precision, device=device)
+    elif cache.model != cfg.model or cache.precision != precision:
+        raise ValueError(f"embedding cache is for {cache.model!r}/{cache.precision}, not {cfg.model!r}/{precision}")
     calls0, full_calls = cache.encoder_calls, 0
 
     torch.manual_seed(cfg.seed)
@@ -240,11 +205,7 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         torch.set_rng_state(state["rng"]["torch"])
         first = state["epoch"] + 1
 
-    view_seed = cfg.seed if cfg.view_seed is None else cfg.view_seed
-    train_views = build_views(train_samples, cfg.policy, cfg.views, view_seed, cfg.policy_params)
     val_views = build_views(val_samples, "none", 1, cfg.seed)
-    items = [v for v in train_views if v.mask.any()]
-    hist["skipped_empty"] = len(train_views) - len(items)
 
     def cached(v: View):
         return cache.get(sam, spec, v.image, key=v.key, device=device)
@@ -252,19 +213,26 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
     def fresh(v: View):  # full mode: the encoder changes, so validation re-encodes
         nonlocal full_calls
         full_calls += 1
-        return models.encode(sam, spec, v.image)
+        return models.encode(sam, spec, v.image, precision=precision)
 
-    with autocast(device):
-        cache.fill(sam, spec, val_views + (items if cfg.mode == "decoder" else []), progress=cfg.progress)
-    if first == 1:
-        hist["val_dice_initial"] = val_dice(sam, spec, val_views, cached, device)
-        hist["best_dice"] = hist["val_dice_initial"]
-        _save(best, {"model": {n: p.detach().cpu() for n, p in params.items()}, "epoch": 0,
-                     "val_dice": hist["best_dice"], "model_name": cfg.model, "config": cfg.plain()})
+    def select(weights: dict, epoch: int, dice: float) -> None:
+        hist["best_dice"], hist["best_epoch"] = dice, epoch
+        _save(best, {"model": weights, "epoch": epoch, "val_dice": dice, "model_name": cfg.model,
+                     "config": cfg.plain()})
 
-    steps = 0
+    if first == 1 and cfg.select == "best":
+        cache.fill(sam, spec, val_views, desc="encode val", progress=cfg.progress)
+        hist["val_dice_initial"] = val_dice(sam, spec, val_views, cached, device, precision)
+        select({n: p.detach().cpu() for n, p in params.items()}, 0, hist["val_dice_initial"])
+
+    steps = samples = 0
     for epoch in range(first, cfg.epochs + 1):
         t0 = time.perf_counter()
+        views = epoch_views(cfg, train_samples, epoch)
+        items = [v for v in views if v.mask.any()]
+        hist["skipped_empty"] = len(views) - len(items)
+        if cfg.mode == "decoder":
+            cache.fill(sam, spec, items, desc="encode views", progress=cfg.progress)
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, 0x5A5]))  # epoch-local stream
         order = rng.permutation(len(items))
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
@@ -272,49 +240,52 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False)
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
-            views = [items[i] for i in batch]
-            with autocast(device):  # forward only; backward runs outside autocast
+            chosen = [items[i] for i in batch]
+            with policy.decoder(device, precision):  # forward only; backward runs outside autocast
                 if cfg.mode == "full":  # one batched encoder pass with gradients
-                    encoded = [models.preprocess(spec, v.image) for v in views]
-                    emb_all = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device))
-                    full_calls += len(views)
+                    encoded = [models.preprocess(spec, v.image) for v in chosen]
+                    with policy.encoder(device, precision):
+                        emb_all = sam.image_encoder(torch.cat([x for x, _ in encoded]).to(device)).float()
+                    full_calls += len(chosen)
                     pairs = [(emb_all[k:k + 1], m) for k, (_, m) in enumerate(encoded)]
                 else:
-                    pairs = [cached(v) for v in views]
-                total = 0.0
-                for v, (embedding, meta) in zip(views, pairs):  # one decode per image (Meta batch bug)
-                    logits, target, others = prompted_logits(sam, spec, embedding, meta, v.mask, rng, cfg)
-                    ignore = _as_tensor(others, logits.device) if others.any() else None
-                    total = total + dice_bce_loss(logits, _as_tensor(target, logits.device), ignore)
-            batch_loss = total / len(views)
-            batch_loss.backward()
-            batch_loss = float(batch_loss.detach())
+                    pairs = [cached(v) for v in chosen]
+                loss = step_loss(sam, spec, pairs, [v.mask for v in chosen], rng, cfg.click_fraction,
+                                 cfg.max_clicks, cfg.box_jitter)
+            loss.backward()
             optimizer.step()
             steps += 1
-            losses.append(batch_loss)
-            bar.set_postfix(loss=f"{batch_loss:.4f}")
-        embed = fresh if cfg.mode == "full" else cached
-        dice = val_dice(sam, spec, val_views, embed, device)
+            samples += len(chosen)
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        weights = {n: p.detach().cpu() for n, p in params.items()}
+        dice = float("nan")
+        if cfg.select == "best" or epoch == cfg.epochs:
+            embed = fresh if cfg.mode == "full" else cached
+            if cfg.mode == "decoder":
+                cache.fill(sam, spec, val_views, desc="encode val", progress=cfg.progress)
+            dice = val_dice(sam, spec, val_views, embed, device, precision)
         hist["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         hist["val_dice"].append(dice)
         hist["epoch_seconds"].append(time.perf_counter() - t0)
-        weights = {n: p.detach().cpu() for n, p in params.items()}
-        if dice > hist["best_dice"] or np.isnan(hist["best_dice"]):
-            hist["best_dice"], hist["best_epoch"] = dice, epoch
-            _save(best, {"model": weights, "epoch": epoch, "val_dice": dice, "model_name": cfg.model,
-                         "config": cfg.plain()})
+        if cfg.select == "last" and epoch == cfg.epochs:
+            select(weights, epoch, dice)
+        elif cfg.select == "best" and (dice > hist["best_dice"] or np.isnan(hist["best_dice"])):
+            select(weights, epoch, dice)
         _save(last, {"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "rng": {"torch": torch.get_rng_state()}, "model_name": cfg.model, "mode": cfg.mode,
                      "config": cfg.plain(), "history": hist})
-    return _result(out, hist, cache.encoder_calls - calls0 + full_calls, start, steps, first - 1)
+    return _result(out, hist, cache.encoder_calls - calls0 + full_calls, start, steps, first - 1, samples, precision)
 
 
-def _result(out: Path, hist: dict, encoder_calls: int, start: float, steps: int, resumed_from: int) -> TrainResult:
+def _result(out: Path, hist: dict, encoder_calls: int, start: float, steps: int, resumed_from: int,
+            samples: int, precision: str) -> TrainResult:
     return TrainResult(out=out, last=out / "last.pt", best=out / "best.pt", train_loss=list(hist["train_loss"]),
                        val_dice=list(hist["val_dice"]), val_dice_initial=hist["val_dice_initial"],
                        best_epoch=hist["best_epoch"], encoder_calls=encoder_calls,
                        seconds=time.perf_counter() - start, steps=steps,
-                       skipped_empty=hist.get("skipped_empty", 0), resumed_from=resumed_from)
+                       skipped_empty=hist.get("skipped_empty", 0), resumed_from=resumed_from, samples=samples,
+                       precision=precision)
 
 
 def train(cfg: TrainConfig, cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:

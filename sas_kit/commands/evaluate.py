@@ -20,14 +20,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="litemedsam", help="model name (litemedsam, mobilesam, sam_vit_b, ...)")
     p.add_argument("--checkpoint", default=None, help="fine-tuned state_dict from `sas-kit train` to overlay")
     p.add_argument("--data", default="phantom", help="dataset name (see `sas-kit data list`)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="dataset split, or all (every split: for data never trained on)")
     p.add_argument("--prompt", action="append", choices=PROMPT_CHOICES, default=None,
                    help="prompt type, repeatable (default: box)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split")
     p.add_argument("--seed", type=int, default=0, help="seed for box jitter and the bootstrap")
     p.add_argument("--jitter", type=float, default=0.0, help="box jitter as a fraction of box size (default 0)")
     p.add_argument("--whole", action="store_true",
-                   help="one prompt around the whole target instead of one per connected part (NOTES #4)")
+                   help="one prompt around the whole target instead of one per connected part (docs/notes.md)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="encoder/decoder precision; use the one the checkpoint was trained with (default auto)")
     p.add_argument("--device", default=None, help="torch device (default: cuda → mps → cpu)")
     p.add_argument("--csv", default=None, help="also write the per-image rows to this CSV file")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt (JSON Lines)")
@@ -35,15 +38,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from sas_kit import config, datasets, models
+    from sas_kit import precision as policy
+    from sas_kit.embed_cache import EmbeddingCache
     from sas_kit.evaluate import evaluate, summarise
 
     prompts = args.prompt or ["box"]
     start = time.perf_counter()
     try:
-        sam = models.load_model(args.model, checkpoint=args.checkpoint, device=config.device(args.device))
-        data = datasets.load(args.data, split=args.split, limit=args.limit)
+        device = config.device(args.device)
+        sam = models.load_model(args.model, checkpoint=args.checkpoint, device=device)
+        splits = datasets.SPLITS if args.split == "all" else (args.split,)
+        data = [ex for split in splits for ex in datasets.load(args.data, split=split)]
+        data = data[:args.limit] if args.limit is not None else data
+        cache = EmbeddingCache(args.model, root=True, device=device,
+                               precision=policy.resolve(None if args.precision == "auto" else args.precision, device))
         df = evaluate(sam, args.model, data, prompts, seed=args.seed, per_component=not args.whole,
-                      jitter=args.jitter, progress=not args.json)
+                      jitter=args.jitter, progress=not args.json, embeddings=cache)
     except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2
@@ -59,7 +69,8 @@ def run(args) -> int:
                   "ci_low": None if row is None else round(float(row["ci_low"]), 4),
                   "ci_high": None if row is None else round(float(row["ci_high"]), 4),
                   "iou_mean": None if row is None else round(float(row["iou_mean"]), 4),
-                  "per_component": not args.whole, "checkpoint": args.checkpoint, "wall_s": round(wall, 1)}
+                  "per_component": not args.whole, "checkpoint": args.checkpoint, "precision": cache.precision,
+                  "wall_s": round(wall, 1)}
         if args.json:
             print(json.dumps(result))
         elif row is None:
