@@ -69,7 +69,7 @@ def build_views(samples: Sequence[tuple], policy: str | Policy, views: int, seed
     the same views (and hit the same cached embeddings) whatever the other samples are. A policy other
     than ``none`` that returns a view equal to one already drawn for the sample (e.g. SAS drew "not
     applied") is redrawn from ``SeedSequence([seed, i, j, attempt])`` up to ``tries`` times, so every arm
-    sees the same number of distinct views (NOTES #10); the record says ``attempts``, and
+    sees the same number of distinct views (docs/notes.md); the record says ``attempts``, and
     ``duplicate: True`` if no distinct view came.
     """
     if views < 1:

@@ -83,7 +83,7 @@ def next_click(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = Non
 def components(mask: np.ndarray, min_pixels: int = 1) -> list[np.ndarray]:
     """Connected parts of ``mask`` (8-connectivity) as boolean masks, largest first; parts smaller than
     ``min_pixels`` are left out (the default 1 keeps every part). Used to prompt each part separately
-    and take the union of the predictions (NOTES #4)."""
+    and take the union of the predictions (docs/notes.md)."""
     mask = _check(mask)
     labelled, n = ndimage.label(mask, structure=_EIGHT)
     if n == 0:

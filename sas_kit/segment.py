@@ -127,9 +127,9 @@ def predict(sam, spec, image: np.ndarray, gt_mask: np.ndarray, prompt: str, rng:
 
     ``prompt``: "box" (tight box, optionally ``jitter``-ed) or "Nclick" (N = 1, 2, 3, 5): the first click
     at the deepest point of the target, each further click at the centre of the largest error region,
-    with the previous low-res logits fed back as mask input (NOTES #9).
+    with the previous low-res logits fed back as mask input (docs/notes.md).
 
-    Convention (NOTES #4): with ``per_component=True`` (default) each connected part of ``gt_mask`` gets
+    Convention (docs/notes.md): with ``per_component=True`` (default) each connected part of ``gt_mask`` gets
     its own box / click sequence and the predictions are united; with False one box (or one click
     sequence) covers the whole target. Pass ``embedding``/``meta`` from :func:`models.encode` to avoid
     encoding the same image again. ``multimask_first`` takes SAM's best-of-3 output for the first click

@@ -8,45 +8,75 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sas_kit import report
+from sas_kit import report, stats
 from sas_kit.reproduce import make_plan
 
 
-def _per_image(shift: dict[str, float], n: int = 40, seeds=(0, 1)) -> pd.DataFrame:
+def _per_image(shift: dict, n: int = 40, seeds=(0, 1), seed_effect: float = 0.0,
+               datasets=(("int", "internal"), ("ext1", "external"), ("ext2", "external"))) -> pd.DataFrame:
+    """Synthetic per-image Dice: ``shift[(arm, dataset)]`` added to the arm; ``seed_effect`` x seed added to sas."""
     rng = np.random.default_rng(0)
     rows = []
-    for dataset, role in (("int", "internal"), ("ext1", "external"), ("ext2", "external")):
+    for dataset, role in datasets:
         base = rng.uniform(0.3, 0.8, n)
         area = np.exp(rng.uniform(np.log(0.001), np.log(0.4), n))
         for arm in ("zero_shot", "none", "sas"):
             for seed in (seeds[:1] if arm == "zero_shot" else seeds):
                 for prompt in ("box", "2click"):
-                    dice = np.clip(base + shift.get((arm, dataset), 0.0) + rng.normal(0, 0.01, n), 0, 1)
+                    extra = shift.get((arm, dataset), 0.0) + (seed_effect * seed if arm == "sas" else 0.0)
+                    dice = np.clip(base + extra + rng.normal(0, 0.01, n), 0, 1)
                     for i in range(n):
                         rows.append({"dataset": dataset, "target": "t", "role": role, "arm": arm, "seed": seed,
-                                     "prompt": prompt, "id": f"{dataset}{i}", "dice": dice[i], "iou": dice[i],
+                                     "prompt": prompt, "id": f"img{i}", "dice": dice[i], "iou": dice[i],
                                      "area_fraction": area[i], "size_bin": "<1%" if area[i] < 0.01 else ">20%"})
     return pd.DataFrame(rows)
 
 
-def test_gains_recover_a_known_shift_and_average_externals_equally():
-    per_image = _per_image({("sas", "ext1"): 0.10, ("sas", "ext2"): 0.30})
-    gains = report.gains_table(per_image)
-    main = gains[(gains.comparison == "sas-none") & (gains.prompt == "box")].set_index("dataset")
-    assert main.loc["ext1", "gain"] == pytest.approx(0.10, abs=0.01)
-    assert main.loc["ext2", "gain"] == pytest.approx(0.30, abs=0.01)
-    assert main.loc["int", "gain"] == pytest.approx(0.0, abs=0.01)
-    avg = main.loc["external average"]
-    assert avg.gain == pytest.approx(0.20, abs=0.01) and avg.ci_low < avg.gain < avg.ci_high
-    assert avg.ci_low > 0.15  # clearly positive, clearly not the internal set's zero
+def _gain(gains, endpoint="gain", prompt="2click", scope="external average"):
+    return gains[(gains.endpoint == endpoint) & (gains.prompt == prompt) & (gains.scope == scope)].iloc[0]
+
+
+def test_primary_endpoint_recovers_a_known_shift_and_weights_datasets_equally():
+    gains = stats.endpoints(_per_image({("sas", "ext1"): 0.10, ("sas", "ext2"): 0.30}), n_boot=500)
+    avg = _gain(gains)
+    assert avg.kind == "primary" and avg.n_images == 80 and avg.n_seeds == 2
+    assert avg.gain == pytest.approx(0.20, abs=0.01) and avg.ci_low < avg.gain < avg.ci_high and avg.ci_low > 0.15
+    assert _gain(gains, "gain per dataset", scope="int").gain == pytest.approx(0.0, abs=0.01)
+    assert _gain(gains, "gain", prompt="box").kind == "secondary"
     assert any("above zero" in line for line in report.verdict(gains))
 
 
 def test_no_gain_is_reported_as_such():
-    gains = report.gains_table(_per_image({}))
-    avg = gains[(gains.dataset == "external average") & (gains.comparison == "sas-none")].iloc[0]
+    gains = stats.endpoints(_per_image({}), n_boot=500)
+    avg = _gain(gains)
     assert avg.ci_low < 0 < avg.ci_high
     assert any("includes zero" in line for line in report.verdict(gains))
+
+
+def test_ci_includes_seed_variance():
+    """Two seeds that disagree (sas seed 1 is 0.2 better than seed 0) must widen the CI far beyond the image noise."""
+    calm = _gain(stats.endpoints(_per_image({("sas", "ext1"): 0.1}), n_boot=500))
+    noisy = _gain(stats.endpoints(_per_image({("sas", "ext1"): 0.1}, seed_effect=0.2), n_boot=500))
+    assert (noisy.ci_high - noisy.ci_low) > 3 * (calm.ci_high - calm.ci_low)
+
+
+def test_usgra_nerve_and_vessel_are_one_cluster():
+    data = _per_image({("sas", "usgra_nerve"): 0.2, ("sas", "usgra_vessel"): 0.2},
+                      datasets=(("ext1", "external"), ("usgra_nerve", "external"), ("usgra_vessel", "external")))
+    avg = _gain(stats.endpoints(data, n_boot=300))
+    # clusters ext1 (gain 0) and usgra (gain 0.2) weigh one half each: 0.1, not the 0.133 of three equal datasets
+    assert avg.gain == pytest.approx(0.10, abs=0.01)
+
+
+def test_size_bins_forgetting_and_two_click_gap_are_reported():
+    gains = stats.endpoints(_per_image({("sas", "ext1"): 0.1, ("none", "ext2"): -0.05}), n_boot=200)
+    assert {"gain by size", "gain by size (large-organ check)", "box forgetting", "2-click minus box"} <= set(gains.endpoint)
+    sizes = gains[gains.endpoint.str.startswith("gain by size")]
+    assert set(sizes.scope) == {f"external {b}" for b in ("<1%", "1-5%", "5-20%", ">20%")}  # external rows only
+    assert sizes.n_images.sum() == 80 * 2  # every external image in exactly one bin, per prompt (box, 2click)
+    forget = gains[(gains.endpoint == "box forgetting") & (gains.comparison == "none-zero_shot")].set_index("scope")
+    assert forget.loc["ext2", "gain"] == pytest.approx(-0.05, abs=0.01) and forget.loc["ext1", "gain"] == pytest.approx(0, abs=0.01)
+    assert stats.detectable(gains) > 0
 
 
 def test_results_and_size_tables_have_the_promised_columns():
@@ -61,9 +91,10 @@ def test_results_and_size_tables_have_the_promised_columns():
 
 def test_readme_block_is_generated_from_the_run(tmp_path):
     per_image = _per_image({("sas", "ext1"): 0.10})
-    report.gains_table(per_image).to_csv(tmp_path / "gains.csv", index=False)
-    (tmp_path / "plan.json").write_text(json.dumps({"profile": "cpu", "model": "m", "seeds": [0], "epochs": 1,
-                                                    "train_limit": 1, "eval_limit": 1, "timings": {"total_s": 5}}))
+    stats.endpoints(per_image, n_boot=200).to_csv(tmp_path / "gains.csv", index=False)
+    (tmp_path / "plan.json").write_text(json.dumps({"profile": "cpu", "model": "m", "seeds": [0], "arms": ["none", "sas"],
+                                                    "train_images": 1, "samples_per_arm_seed": 4, "n_test": {"ext1": 40},
+                                                    "precision": "fp32", "timings": {"total_s": 5}}))
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:start -->\nSTALE-TEXT\n<!-- results:end -->\nb\n")
     report.update_readme(readme, tmp_path, "sas-kit reproduce --profile cpu")
@@ -74,5 +105,19 @@ def test_readme_block_is_generated_from_the_run(tmp_path):
 def test_plan_falls_back_to_the_phantom_without_real_data(tmp_data_root, monkeypatch):
     monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
     plan = make_plan("quick")
-    assert plan.internal == "phantom" and plan.externals == () and not plan.sweep
+    assert plan.internal == "phantom" and plan.externals == () and plan.arms == ("zero_shot", "none", "sas")
     assert make_plan("cpu", data="real").externals == ("busi", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")
+
+
+def test_plan_reads_sas_params_from_a_sweep_file_and_rejects_bad_ones(tmp_path, tmp_data_root, monkeypatch):
+    monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
+    good = tmp_path / "sas_params.json"
+    good.write_text(json.dumps({"params": {"scale_range": [0.4, 1.0]}, "score": 0.5}))
+    plan = make_plan("quick", sas_params=good)
+    assert plan.sas_params == {"scale_range": [0.4, 1.0]} and str(good) in plan.sas_params_source
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="sas-kit sweep"):
+        make_plan("quick", sas_params=bad)
+    with pytest.raises(ValueError, match="unknown arm"):
+        make_plan("quick", arms=["none", "sass"])

@@ -11,7 +11,8 @@ import torch
 from sas_kit import models
 from sas_kit.embed_cache import EmbeddingCache, build_views, pixel_key
 from sas_kit.phantom import make_phantom
-from sas_kit.train import TrainConfig, dice_bce_loss, prompted_logits, train_arrays
+from sas_kit.train import TrainConfig, epoch_views, train_arrays
+from sas_kit.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -30,7 +31,7 @@ def cache():
 
 def config(out, **kw) -> TrainConfig:
     base = dict(epochs=1, views=1, batch_size=2, lr=3e-4, click_fraction=0.5, max_clicks=2, seed=0,
-                out=str(out), device="cpu", disk_cache=False, progress=False)
+                out=str(out), device="cpu", disk_cache=False, progress=False, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -50,7 +51,7 @@ def test_one_epoch_decoder_finetune(run_c):
     assert run_c.last.exists() and run_c.best.exists()
     assert len(run_c.train_loss) == 1 and np.isfinite(run_c.train_loss[0])
     assert 0.0 <= run_c.val_dice[0] <= 1.0 and 0.0 <= run_c.val_dice_initial <= 1.0
-    assert run_c.steps == 2  # 3 images x 1 view / batch 2: one full batch, one of a single image
+    assert run_c.steps == 2 and run_c.samples == 3  # 3 images x 1 view / batch 2: a full batch and a single
     state = torch.load(run_c.last, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and state["config"]["views"] == 1 and state["model_name"] == "litemedsam"
     assert state["model"] and not any(k.startswith("image_encoder.") for k in state["model"])
@@ -115,7 +116,7 @@ def test_decoder_mode_leaves_encoder_unchanged(base_model, tuned_model):
 def _fake_encoder(monkeypatch) -> list:
     calls = []
 
-    def encode(sam, spec, image):
+    def encode(sam, spec, image, precision="fp32"):
         calls.append(pixel_key(image))
         return torch.zeros(1, 256, 64, 64), models.preprocess(spec, image)[1]
 
@@ -169,29 +170,68 @@ def _draws_three_clicks(seed: int) -> bool:
 
 def test_click_steps_feed_back_previous_logits(base_model, data, monkeypatch):
     calls = []
-    decode = models.decode
+    decode = models.decode_batch
 
-    def spy(sam, spec, embedding, meta, **kw):
-        calls.append({"points": None if kw.get("points") is None else len(kw["points"]),
+    def spy(sam, embeddings, scales, **kw):
+        calls.append({"points": None if kw.get("points") is None else np.asarray(kw["points"]).shape[1],
                       "boxes": kw.get("boxes") is not None, "mask_input": kw.get("mask_input") is not None,
                       "grad": torch.is_grad_enabled()})
-        return decode(sam, spec, embedding, meta, **kw)
+        return decode(sam, embeddings, scales, **kw)
 
-    monkeypatch.setattr(models, "decode", spy)
+    monkeypatch.setattr(models, "decode_batch", spy)
     spec = models.get_spec("litemedsam")
     image, mask = data[0][0]
-    meta = models.preprocess(spec, image)[1]
-    embedding = torch.zeros(1, 256, 64, 64)
-    cfg = TrainConfig(click_fraction=1.0, max_clicks=3)
+    pair = (torch.zeros(1, 256, 64, 64), models.preprocess(spec, image)[1])
     seed = next(s for s in range(100) if _draws_three_clicks(s))
-    logits, target, others = prompted_logits(base_model, spec, embedding, meta, mask, np.random.default_rng(seed), cfg)
-    assert logits.requires_grad and logits.shape[-2:] == mask.shape and not others.any()
+    loss = step_loss(base_model, spec, [pair], [mask], np.random.default_rng(seed), click_fraction=1.0, max_clicks=3)
+    assert loss.requires_grad
     assert [c["points"] for c in calls] == [1, 2, 3] and not any(c["boxes"] for c in calls)
-    assert [c["mask_input"] for c in calls] == [False, True, True]  # NOTES #9: previous logits fed back
+    assert [c["mask_input"] for c in calls] == [False, True, True]  # the previous logits are fed back
     assert [c["grad"] for c in calls] == [False, False, True]  # only the last decode is trained
     calls.clear()
-    prompted_logits(base_model, spec, embedding, meta, mask, np.random.default_rng(0), TrainConfig(click_fraction=0.0))
+    step_loss(base_model, spec, [pair], [mask], np.random.default_rng(0), click_fraction=0.0)
     assert len(calls) == 1 and calls[0]["boxes"] and calls[0]["points"] is None
+
+
+def test_batch_decodes_equal_prompts_together(base_model, data, monkeypatch):
+    spec = models.get_spec("litemedsam")
+    pairs = [(torch.zeros(1, 256, 64, 64), models.preprocess(spec, img)[1]) for img, _ in data[0]]
+    masks = [m for _, m in data[0]]
+    drawn = draw_prompts(base_model, spec, pairs, masks, np.random.default_rng(0), 0.0, 3, 0.05)
+    assert all(p.box is not None for p, _, _ in drawn)
+    sizes = []
+    decode = models.decode_batch
+    monkeypatch.setattr(models, "decode_batch", lambda sam, e, s, **kw: sizes.append(e.shape[0]) or decode(sam, e, s, **kw))
+    step_loss(base_model, spec, pairs, masks, np.random.default_rng(0), click_fraction=0.0)
+    assert sizes == [len(pairs)]  # all boxes in one decoder call
+
+
+def test_lowres_target_keeps_tiny_targets_and_marks_padding():
+    spec = models.get_spec("litemedsam")
+    mask = np.zeros((300, 600), bool)
+    mask[100:101, 200:201] = True  # one pixel: half a low-res pixel after resizing by 256/600
+    meta = models.preprocess(spec, np.zeros((300, 600), np.uint8))[1]
+    target, valid = lowres_target(spec, meta, mask)
+    assert target.shape == valid.shape == (1, 1, 256, 256)
+    assert 0 < float(target.sum()) < 1.0  # a soft trace, not erased by thresholding
+    assert float(valid[..., :128, :].min()) == 1.0 and float(valid[..., 129:, :].max()) == 0.0
+
+
+def test_full_mode_draws_fresh_views_each_epoch(data):
+    cfg = TrainConfig(mode="full", policy="sas", views=2, seed=0)
+    one, two = epoch_views(cfg, data[0], 1), epoch_views(cfg, data[0], 2)
+    assert [v.key for v in one if v.view == 0] == [v.key for v in two if v.view == 0]  # originals kept
+    assert [v.key for v in one if v.view] != [v.key for v in two if v.view]  # augmented views redrawn
+    cfg = TrainConfig(mode="decoder", policy="sas", views=2, seed=0)  # decoder mode: the same cached views
+    assert [v.key for v in epoch_views(cfg, data[0], 1)] == [v.key for v in epoch_views(cfg, data[0], 2)]
+
+
+def test_bf16_training_and_evaluation_share_one_precision(data, tmp_path):
+    cfg = config(tmp_path / "bf16", precision="bf16", click_fraction=0.0)
+    with pytest.raises(ValueError, match="fp32"):  # an fp32 cache cannot serve a bf16 run
+        train_arrays(cfg, *data, cache=EmbeddingCache("litemedsam", precision="fp32"))
+    result = train_arrays(cfg, data[0][:2], data[1], cache=EmbeddingCache("litemedsam", precision="bf16"))
+    assert result.precision == "bf16" and np.isfinite(result.train_loss[0]) and result.samples == 2
 
 
 def test_dice_bce_loss():
@@ -204,7 +244,7 @@ def test_dice_bce_loss():
     other[..., 0, :] = True
     spurious = good.clone()
     spurious[..., 0, :] = 20.0  # predicting another part is not an error when that part is ignored
-    assert float(dice_bce_loss(spurious, target, ignore=other)) < 1e-3 < float(dice_bce_loss(spurious, target))
+    assert float(dice_bce_loss(spurious, target, weight=~other)) < 1e-3 < float(dice_bce_loss(spurious, target))
 
 
 def test_cli_train_prints_epochs(monkeypatch, tmp_data_root, tmp_path, capsys):
