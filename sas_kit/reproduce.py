@@ -86,7 +86,12 @@ def _rank(ident: str) -> str:
     return hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()
 
 
-def test_sets(plan: Plan) -> tuple[dict[str, list], dict[str, int]]:
+def test_sets(plan: Plan) -> dict[str, list]:
+    """The images each dataset is scored on (:func:`test_pools` without the counts)."""
+    return test_pools(plan)[0]
+
+
+def test_pools(plan: Plan) -> tuple[dict[str, list], dict[str, int]]:
     """The images each dataset is scored on, and how many empty masks were left out of each pool.
 
     Internal: its whole test split. Externals (never trained on): all splits pooled, empty masks left out, then
@@ -136,13 +141,14 @@ def train_arms(plan: Plan, train, val, cache: EmbeddingCache | None, out: Path, 
 
 
 def evaluate_arms(plan: Plan, tests: dict[str, list], checkpoints: dict, cache: EmbeddingCache | None,
-                  progress: bool = True) -> pd.DataFrame:
-    """Score every arm x seed on every test set (zero_shot once, box only): one row per image x prompt."""
+                  progress: bool = True, zero_shot_prompts=ZERO_SHOT_PROMPTS) -> pd.DataFrame:
+    """Score every arm x seed on every test set (zero_shot once, with ``zero_shot_prompts``): one row per
+    image x prompt."""
     spec = models.get_spec(plan.model)
     frames = []
     for arm in plan.arms:
         seeds = plan.seeds[:1] if arm == "zero_shot" else plan.seeds
-        prompts = [p for p in plan.prompts if p in ZERO_SHOT_PROMPTS] if arm == "zero_shot" else plan.prompts
+        prompts = [p for p in plan.prompts if p in zero_shot_prompts] if arm == "zero_shot" else plan.prompts
         for seed in seeds:
             sam = models.load_model(plan.model, checkpoint=checkpoints.get((arm, seed)), device=config.device())
             for name, items in tests.items():
@@ -172,7 +178,7 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
     t0 = time.perf_counter()
     train = load_samples(plan.internal, "train", plan.train_limit)
     val = load_samples(plan.internal, "val", plan.eval_limit) if plan.select == "best" else []
-    tests, empty = test_sets(plan)
+    tests, empty = test_pools(plan)
     timings["load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""``sas-kit bench augment|train|memory``: benchmarks that print tables (speed goals live here, not in tests)."""
+"""``sas-kit bench augment|train|encoder|memory``: benchmarks that print tables (speed goals live here, not in tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["augment", "train", "memory"], help="what to benchmark")
+    bench.add_argument("what", choices=["augment", "train", "encoder", "memory"], help="what to benchmark")
     bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
     bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
@@ -44,7 +44,7 @@ def run(args) -> int:
     kwargs = {}
     if args.n is not None:
         kwargs["n"] = args.n
-    if args.what == "train":
+    if args.what in ("train", "encoder"):
         kwargs["model"] = args.model
     if args.what == "memory":
         kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
