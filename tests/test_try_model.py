@@ -64,6 +64,13 @@ def test_box_then_clicks_answer_for_every_model(session):
     assert session.predict() == {} and session.box is None and not session.points
 
 
+def test_predict_restores_the_thread_count(session):
+    threads = torch.get_num_threads()
+    session.add_point(*np.argwhere(session.gt)[0][::-1])
+    assert torch.get_num_threads() == threads and session.prompt_seconds > 0
+    session.clear()
+
+
 def test_renders_are_pngs_at_the_display_scale(session):
     png = try_model.render_prompt(session.image, [1, 2, 30, 40], [[5, 5]], [1], scale=0.5)
     assert Image.open(io.BytesIO(png)).size == (session.image.shape[1] // 2, session.image.shape[0] // 2)
