@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +122,21 @@ def arm_config(plan: Plan, arm: str, seed: int, out: Path, progress: bool = True
                        out=str(out / "runs" / f"{arm}_seed{seed}"), progress=progress, **extra)
 
 
+def reuse_or_train(cfg: TrainConfig, train, val, cache):
+    """A finished run in ``cfg.out`` with the same settings and the same training images is reused (a warm rerun
+    costs no training); an interrupted one is resumed; one made from other settings or images is replaced."""
+    if (Path(cfg.out) / "last.pt").exists():
+        try:
+            result = train_arrays(cfg, train, val, cache=cache, resume=True)
+            if result.steps == 0:
+                print(f"reused finished run {cfg.out} (same settings and training images)")
+            return result
+        except ValueError as why:
+            print(f"retraining {cfg.out}: {why}")
+            shutil.rmtree(cfg.out)
+    return train_arrays(cfg, train, val, cache=cache)
+
+
 def train_arms(plan: Plan, train, val, cache: EmbeddingCache | None, out: Path, progress: bool = True):
     """Fine-tune every arm x seed of ``plan`` (zero_shot excepted). Returns (checkpoints {(arm, seed): path},
     history rows, prompted samples per arm x seed)."""
@@ -130,7 +146,7 @@ def train_arms(plan: Plan, train, val, cache: EmbeddingCache | None, out: Path, 
             if arm == "zero_shot":
                 continue
             cfg = arm_config(plan, arm, seed, out, progress)
-            result = train_arrays(cfg, train, val, cache=cache if plan.mode == "decoder" else None)
+            result = reuse_or_train(cfg, train, val, cache if plan.mode == "decoder" else None)
             checkpoints[(arm, seed)] = result.best
             samples[(arm, seed)] = result.samples
             for epoch, (loss, dice) in enumerate(zip(result.train_loss, result.val_dice), start=1):

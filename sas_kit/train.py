@@ -17,7 +17,7 @@ from sas_kit import config, models, segment
 from sas_kit import precision as policy
 from sas_kit.metrics import dice
 from sas_kit.train_step import dice_bce_loss, step_loss  # noqa: F401  (dice_bce_loss re-exported)
-from sas_kit.embed_cache import EmbeddingCache, View, build_views
+from sas_kit.embed_cache import EmbeddingCache, View, build_views, pixel_key
 
 DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
 # Fields that may differ between a run and its resumption; every other field must match last.pt.
@@ -147,7 +147,22 @@ def val_dice(sam, spec, val: Sequence[View], embed, device: str, precision: str 
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def _check_resume(state: dict, cfg: TrainConfig, path: Path) -> None:
+def data_key(*sample_lists: Sequence[tuple]) -> str:
+    """A digest of the pixels of every (image, mask) sample: a checkpoint records what it was trained on."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for samples in sample_lists:
+        digest.update(b"|")
+        for image, mask in samples:
+            digest.update(pixel_key(np.asarray(image)).encode() + pixel_key(np.asarray(mask, bool)).encode())
+    return digest.hexdigest()
+
+
+def _check_resume(state: dict, cfg: TrainConfig, path: Path, key: str) -> None:
+    if state.get("data_key") != key:
+        raise ValueError(f"cannot resume from {path}: it was trained on other images (data key "
+                         f"{state.get('data_key')} != {key}); use another --out")
     old, new = state["config"], cfg.plain()
     diff = [k for k in new if k not in RESUMABLE and old.get(k) != new[k]]
     if diff:
@@ -182,9 +197,10 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
     hist = {"train_loss": [], "val_dice": [], "epoch_seconds": [], "best_dice": None, "best_epoch": 0,
             "val_dice_initial": float("nan")}
     state = None
+    key = data_key(train_samples, val_samples)
     if resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
-        _check_resume(state, cfg, last)
+        _check_resume(state, cfg, last, key)
         hist = state["history"]
         if state["epoch"] >= cfg.epochs:  # already complete: nothing to load, encode or train
             return _result(out, hist, 0, start, 0, state["epoch"], 0, precision)
@@ -256,11 +272,12 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
             optimizer.step()
             steps += 1
             samples += len(chosen)
+            hist["samples"] = hist.get("samples", 0) + len(chosen)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         weights = {n: p.detach().cpu() for n, p in params.items()}
         dice = float("nan")
-        if cfg.select == "best" or epoch == cfg.epochs:
+        if val_views and (cfg.select == "best" or epoch == cfg.epochs):
             embed = fresh if cfg.mode == "full" else cached
             if cfg.mode == "decoder":
                 cache.fill(sam, spec, val_views, desc="encode val", progress=cfg.progress)
@@ -273,7 +290,7 @@ def train_arrays(cfg: TrainConfig, train_samples: Sequence[tuple], val_samples: 
         elif cfg.select == "best" and (dice > hist["best_dice"] or np.isnan(hist["best_dice"])):
             select(weights, epoch, dice)
         _save(last, {"model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "rng": {"torch": torch.get_rng_state()}, "model_name": cfg.model, "mode": cfg.mode,
+                     "rng": {"torch": torch.get_rng_state()}, "model_name": cfg.model, "mode": cfg.mode, "data_key": key,
                      "config": cfg.plain(), "history": hist})
     return _result(out, hist, cache.encoder_calls - calls0 + full_calls, start, steps, first - 1, samples, precision)
 
@@ -284,8 +301,8 @@ def _result(out: Path, hist: dict, encoder_calls: int, start: float, steps: int,
                        val_dice=list(hist["val_dice"]), val_dice_initial=hist["val_dice_initial"],
                        best_epoch=hist["best_epoch"], encoder_calls=encoder_calls,
                        seconds=time.perf_counter() - start, steps=steps,
-                       skipped_empty=hist.get("skipped_empty", 0), resumed_from=resumed_from, samples=samples,
-                       precision=precision)
+                       skipped_empty=hist.get("skipped_empty", 0), resumed_from=resumed_from,
+                       samples=hist.get("samples", samples), precision=precision)
 
 
 def train(cfg: TrainConfig, cache: EmbeddingCache | None = None, resume: bool = False) -> TrainResult:
