@@ -28,6 +28,7 @@ def register(sub) -> None:
     sw.add_argument("--out", default="runs/sweep")
     sw.add_argument("--epochs", type=int, default=None, help="training epochs per grid point (default: the profile's)")
     sw.add_argument("--val-limit", type=int, default=None, help="score the first N val images (default: all)")
+    sw.add_argument("--readme", help="also write the sweep table into this README's sweep section")
     sw.set_defaults(func=run_sweep)
 
 
@@ -70,5 +71,12 @@ def run_sweep(args) -> int:
         print(f"sweep: {error}", file=sys.stderr)
         return 2
     print(path.with_name("sweep.csv").read_text())
+    if args.readme:
+        from sas_kit.report import replace_block, sweep_block
+
+        command = f"sas-kit sweep --profile {args.profile} --model {args.model}" + (
+            f" --epochs {args.epochs}" if args.epochs else "")
+        replace_block(args.readme, "sweep", sweep_block(path, command))
+        print(f"updated {args.readme}")
     print(f"wrote {path} in {time.perf_counter() - start:.0f} s; use it with `sas-kit reproduce --sas-params {path}`")
     return 0
