@@ -171,7 +171,7 @@ def readme_block(out: Path, command: str) -> str:
              f"{', '.join(f'{k} {v}' for k, v in plan['n_test'].items())}, precision {plan['precision']}, wall time "
              f"{plan['timings']['total_s']:.0f} s on this 2-core machine).", "", *verdict(gains), "",
              _table(gains[gains.kind != "exploratory"][cols]), "",
-             f"Exploratory rows, Dice per arm and size bin, and figures: `{Path(out).name}/summary.md`."]
+             f"Exploratory rows, Dice per arm and size bin, and figures: [{out}/summary.md]({out}/summary.md)."]
     return "\n".join(lines)
 
 

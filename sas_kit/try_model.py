@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from sas_kit import precision as policy
 from sas_kit import config, metrics, models
 from sas_kit.viz import load_items
 
@@ -58,6 +59,8 @@ class Session:
         # The decoder's small ops ran faster and steadier on one thread than on two busy cores (measured:
         # median 0.15 s vs 0.29-0.46 s for two models, worst 0.2 s vs 2.6 s); None keeps torch's setting.
         self.decode_threads = decode_threads
+        device = next(iter(sams.values())).device
+        self.precision = policy.resolve(None, str(device))  # the policy the kit trains and evaluates with
         self.image = self.gt = None
         self.encode_seconds = self.prompt_seconds = 0.0
         self.encoder_calls = 0
@@ -72,7 +75,7 @@ class Session:
         for sam in self.sams.values():
             key = id(sam.image_encoder)
             if key not in self._embeddings:
-                self._embeddings[key] = models.encode(sam, self.spec, self.image)
+                self._embeddings[key] = models.encode(sam, self.spec, self.image, precision=self.precision)
                 self.encoder_calls += 1
         self.encode_seconds = time.perf_counter() - t0
         self.clear()
@@ -117,7 +120,7 @@ class Session:
 
     def _decode_all(self) -> dict[str, dict]:
         results = {}
-        with torch.no_grad():
+        with torch.no_grad(), policy.decoder(next(iter(self.sams.values())).device, self.precision):
             for label, sam in self.sams.items():
                 embedding, meta = self._embeddings[id(sam.image_encoder)]
                 box = None if self.box is None else np.array([self.box], np.float32)
