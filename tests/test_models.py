@@ -158,3 +158,24 @@ def test_litemedsam_zero_shot_box_dice_on_phantoms(lite):
         scores.append(2 * (pred & mask).sum() / (pred.sum() + mask.sum()))
     assert len(scores) >= 3
     assert np.mean(scores) > 0.7, scores
+
+
+def test_decode_batch_pairs_each_image_with_its_own_prompt(lite):
+    """Meta's decoder would turn G images x G prompt sets into G x G rows; decode_batch keeps row g = image g."""
+    torch.manual_seed(0)
+    emb = torch.randn(3, 256, 64, 64) * 0.5
+    scales = [(0.5, 0.5), (0.4, 0.4), (1.0, 1.0)]
+    boxes = np.array([[10, 20, 200, 220], [50, 50, 120, 160], [0, 0, 60, 90]], np.float32)
+    with torch.no_grad():
+        together, iou = models.decode_batch(lite, emb, scales, boxes=boxes)
+        apart = [models.decode_batch(lite, emb[g:g + 1], scales[g:g + 1], boxes=boxes[g:g + 1])[0] for g in range(3)]
+        points = np.array([[[30, 40], [60, 60]], [[70, 80], [90, 90]], [[10, 10], [40, 50]]], np.float32)
+        labels = np.array([[1, 0], [1, 1], [1, 0]])
+        clicks = models.decode_batch(lite, emb, scales, points=points, labels=labels, mask_input=together)[0]
+        one = models.decode_batch(lite, emb[1:2], scales[1:2], points=points[1:2], labels=labels[1:2],
+                                  mask_input=together[1:2])[0]
+    assert together.shape == (3, 1, 256, 256) and iou.shape == (3, 1)
+    for g in range(3):
+        assert torch.allclose(together[g:g + 1], apart[g], atol=1e-3)
+    assert torch.allclose(clicks[1:2], one, atol=1e-3)
+    assert not torch.allclose(together[0], together[1], atol=1e-1)  # rows really differ
