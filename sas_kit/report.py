@@ -158,8 +158,9 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
     return path
 
 
-def readme_block(out: Path, command: str) -> str:
-    """The README's results section for one run, generated from its files."""
+def readme_block(out: Path, command: str, endpoints: tuple[str, ...] | None = None) -> str:
+    """The README's results section for one run, generated from its files: the verdict and the primary and
+    secondary endpoints, or (``endpoints``) the external-average rows of those endpoints (e.g. the controls)."""
     import json
 
     plan = json.loads((Path(out) / "plan.json").read_text())
@@ -170,7 +171,8 @@ def readme_block(out: Path, command: str) -> str:
              f"{plan['samples_per_arm_seed']} prompted samples per arm x seed, images scored "
              f"{', '.join(f'{k} {v}' for k, v in plan['n_test'].items())}, precision {plan['precision']}, wall time "
              f"{plan['timings']['total_s']:.0f} s on this 2-core machine).", "", *verdict(gains), "",
-             _table(gains[gains.kind != "exploratory"][cols]), "",
+             _table((gains[gains.endpoint.isin(endpoints) & (gains.scope == "external average")] if endpoints
+                     else gains[gains.kind != "exploratory"])[cols]), "",
              f"Exploratory rows, Dice per arm and size bin, and figures: [{out}/summary.md]({out}/summary.md)."]
     return "\n".join(lines)
 
@@ -186,9 +188,10 @@ def replace_block(readme: Path, marker: str, block: str) -> None:
     Path(readme).write_text(f"{head}{start}\n{block}\n{end}{tail}")
 
 
-def update_readme(readme: Path, out: Path, command: str, marker: str = "results") -> None:
+def update_readme(readme: Path, out: Path, command: str, marker: str = "results",
+                  endpoints: tuple[str, ...] | None = None) -> None:
     """Write :func:`readme_block` of the run in ``out`` into the README section ``marker``."""
-    replace_block(readme, marker, readme_block(out, command))
+    replace_block(readme, marker, readme_block(out, command, endpoints))
 
 
 def sweep_block(path: Path, command: str) -> str:

@@ -54,7 +54,9 @@ def run(args) -> int:
 
         command = (f"sas-kit reproduce --profile {args.profile} --model {args.model} --arms {args.arms}"
                    + (f" --sas-params {args.sas_params}" if args.sas_params else ""))
-        update_readme(args.readme, summary.parent, command, args.readme_marker)
+        controls = any(a in ("classic", "stsnet", "genseg") for a in _arms(args.arms))
+        update_readme(args.readme, summary.parent, command, args.readme_marker,
+                      endpoints=("gain", "control gain") if controls else None)
         print(f"updated {args.readme}")
     print(f"wrote {summary.parent}/ (plan.json, results.csv, gains.csv, sizebins.csv, summary.md, figures) "
           f"in {time.perf_counter() - start:.0f} s")
