@@ -42,15 +42,24 @@ def notebook_peak(path: Path, profile: str = "quick", timeout: int = 1800) -> di
     return {"what": path.stem, "seconds": round(seconds, 1), "peak_rss_mib": round(peak / 2**20)}
 
 
+# Linux counts the RSS a child inherits at fork/exec in its ru_maxrss, so a big parent (pytest with a model
+# loaded) inflates it. A small launcher process starts the command and reports the command's own peak.
+_LAUNCHER = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execvp(sys.argv[2], sys.argv[2:])\n"
+             "_, status, usage = os.wait4(pid, 0)\nopen(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
 def command_peak(argv: list[str], what: str) -> dict:
-    """Run ``argv`` and return its peak RSS (the largest of the process and the children it waited for)."""
+    """Run ``argv`` and return its own peak RSS (measured from a small launcher, see above)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    return {"what": what, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "maxrss")
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, report, *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
+        maxrss_kib = int(open(report).read())
+    return {"what": what, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(maxrss_kib / 1024)}
 
 
 def bench_memory(profile: str = "quick", notebooks: list[str] | None = None, demo: bool = True,

@@ -220,10 +220,13 @@ def test_explorer_noise_none_disables_its_controls_and_changes_the_record(explor
 
 def test_explorer_dataset_picker_says_how_to_get_data(explorer_page):
     box = _explorer(explorer_page, 0)
+    expect(box.locator(".sas-figure img")).to_have_count(1)  # settled: an earlier test's redraw has landed
+    expect(box.locator(".sas-record")).not_to_contain_text("nothing")
     picker = box.locator(".sas-dataset select")
     labels = [t.replace("\xa0", " ") for t in picker.locator("option").all_inner_texts()]
     assert labels[0] == "phantom" and "busi (needs data)" in labels
     picker.select_option("busi (needs data)")
+    expect(box.locator(".sas-record")).to_contain_text("nothing")
     expect(box.locator(".sas-figure")).to_contain_text("sas-kit data prepare busi")
     expect(box.locator(".sas-figure img")).to_have_count(0)
     picker.select_option("phantom")
@@ -290,7 +293,8 @@ def draw_and_check(page, lab, i: int, timeout: float = 60_000) -> list[str]:
     box, hw = _target_box(lab)
     expect(dice.first).to_contain_text("Dice —", timeout=timeout)
     _drag(page, canvas, box, hw)
-    expect(dice.first).to_contain_text(re.compile(r"Dice \d\.\d{3}"), timeout=timeout)
+    for k in range(dice.count()):  # every model's label, not only the first (they redraw one by one)
+        expect(dice.nth(k)).to_contain_text(re.compile(r"Dice \d\.\d{3}"), timeout=timeout)
     first = dice.all_inner_texts()
     assert len(first) == 2 and all("Dice 0." in t or "Dice 1." in t for t in first), first
     masks = [panels.nth(k).get_attribute("src") for k in range(1, 3)]
