@@ -27,6 +27,16 @@ def pixel_key(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def data_key(*sample_lists: Sequence[tuple]) -> str:
+    """A digest of the pixels of every (image, mask) sample: a checkpoint records what it was trained on."""
+    digest = hashlib.blake2b(digest_size=16)
+    for samples in sample_lists:
+        digest.update(b"|")
+        for image, mask in samples:
+            digest.update(pixel_key(np.asarray(image)).encode() + pixel_key(np.asarray(mask, bool)).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class View:
     """One training view: view 0 of a sample is its original image, views 1..K-1 come from the policy."""

@@ -17,7 +17,7 @@ from sas_kit import config, models, segment
 from sas_kit import precision as policy
 from sas_kit.metrics import dice
 from sas_kit.train_step import dice_bce_loss, step_loss  # noqa: F401  (dice_bce_loss re-exported)
-from sas_kit.embed_cache import EmbeddingCache, View, build_views, pixel_key
+from sas_kit.embed_cache import EmbeddingCache, View, build_views, data_key
 
 DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
 # Fields that may differ between a run and its resumption; every other field must match last.pt.
@@ -145,18 +145,6 @@ def val_dice(sam, spec, val: Sequence[View], embed, device: str, precision: str 
             clicks = segment.predict(sam, spec, v.image, v.mask, "2click", embedding=embedding, meta=meta)
         scores.append((dice(box, v.mask) + dice(clicks, v.mask)) / 2)  # non-empty mask: never NaN
     return float(np.mean(scores)) if scores else float("nan")
-
-
-def data_key(*sample_lists: Sequence[tuple]) -> str:
-    """A digest of the pixels of every (image, mask) sample: a checkpoint records what it was trained on."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for samples in sample_lists:
-        digest.update(b"|")
-        for image, mask in samples:
-            digest.update(pixel_key(np.asarray(image)).encode() + pixel_key(np.asarray(mask, bool)).encode())
-    return digest.hexdigest()
 
 
 def _check_resume(state: dict, cfg: TrainConfig, path: Path, key: str) -> None:
