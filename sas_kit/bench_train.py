@@ -163,9 +163,3 @@ def bench_train(model: str = "litemedsam", n: int = 6, batch_size: int = 8, devi
         rows.append(_row("step full", device, 2, steps * 2, time.perf_counter() - start))
     trainable_parameters(sam, "decoder")
     return rows
-
-
-if __name__ == "__main__":
-    from sas_kit.commands.bench import print_table
-
-    print_table(bench_train())
