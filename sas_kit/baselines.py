@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sas_kit.augment import mask_box, resample_pair
+from sas_kit.crop import mask_box, resample_pair
 
 STSNET_OPS = ("hflip", "vflip", "center_crop", "lesion_crop")
 
