@@ -40,4 +40,4 @@ lab: venv
 	$(BIN)/jupyter lab notebooks/
 
 clean-notebooks: venv
-	$(BIN)/python -m sas_kit.notebook_tools --strip notebooks/*.ipynb
+	$(BIN)/python tools/notebooks.py --strip notebooks/*.ipynb

@@ -11,9 +11,17 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from sas_kit.augment import (NOISE_MODELS, POLICIES, SASParams, check_pair, make_policy, mask_box,
-                             resample_pair, roi_mask)
-from sas_kit.augment_data import augment_to_dir, generate
+from sas_kit.augment import (
+    NOISE_MODELS,
+    POLICIES,
+    SASParams,
+    check_pair,
+    make_policy,
+    mask_box,
+    resample_pair,
+    roi_mask,
+)
+from sas_kit.augment.samples import augment_to_dir, generate
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -264,8 +272,8 @@ def test_cli_writes_triples_matching_records(tmp_data_root, tmp_path):
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_generate_is_order_independent_and_writes(name, tmp_path):
-    from sas_kit.augment_data import write_sample
-    from sas_kit.phantom import make_phantom
+    from sas_kit.augment.samples import write_sample
+    from sas_kit.data.phantom import make_phantom
 
     pairs = [(f"p{i}", im, m) for i, (im, m, _) in enumerate(make_phantom(3))]
     policy = make_policy(name, seed=0)

@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from sas_kit import bench_memory
+from sas_kit.cli import bench_memory
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ without them the tests are skipped with the reason. Playwright's own browser dow
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -81,9 +80,9 @@ def _fake_checkpoint(path: Path) -> None:
     """A 'fine-tuned' LiteMedSAM: the decoder perturbed, so its masks differ from zero-shot."""
     import torch
 
-    from sas_kit import models
+    from sas_kit.models import registry
 
-    base = models.load_model("litemedsam")
+    base = registry.load_model("litemedsam")
     g = torch.Generator().manual_seed(0)
     state = {f"mask_decoder.{k}": v + 0.02 * torch.randn(v.shape, generator=g)
              for k, v in base.mask_decoder.state_dict().items() if v.is_floating_point()}
@@ -260,7 +259,7 @@ def try_page(browser, lab):
 
 def _target_box(lab) -> tuple[np.ndarray, tuple[int, int]]:
     """The first phantom test image's target box (x0, y0, x1, y1) and the image (H, W), as the widget shows it."""
-    from sas_kit import datasets
+    from sas_kit.data import datasets
 
     saved = os.environ.get("SAS_KIT_DATA_DIR")
     os.environ["SAS_KIT_DATA_DIR"] = str(lab[2])

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from sas_kit import datasets
-from sas_kit.download import DataUnavailable
+from sas_kit.data import datasets
+from sas_kit.data.download import DataUnavailable
 from tests.conftest import ellipse_mask, save
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sas_kit import adapters, datasets, sources
-from sas_kit.download import DataUnavailable
+from sas_kit.data import adapter_io, adapters, datasets, sources
+from sas_kit.data.download import DataUnavailable
 
 
 def _all_ids(prepared):
@@ -67,11 +67,11 @@ def test_non_binary_and_rgb_masks_read_by_colour(tmp_path):
     grey[2:5, 2:5] = 128
     grey[6, 6] = 1
     p = save(tmp_path / "m.png", grey)
-    assert adapters.read_mask([p], (10, 10)).sum() == 10
-    with pytest.raises(adapters.BadItem, match="palette"):
-        adapters.read_mask([p], (10, 10), label=1)
-    with pytest.raises(adapters.BadItem, match="no mask"):
-        adapters.read_mask([], (10, 10))
+    assert adapter_io.read_mask([p], (10, 10)).sum() == 10
+    with pytest.raises(adapter_io.BadItem, match="palette"):
+        adapter_io.read_mask([p], (10, 10), label=1)
+    with pytest.raises(adapter_io.BadItem, match="no mask"):
+        adapter_io.read_mask([], (10, 10))
 
 
 def test_hc18_outlines_are_filled(tmp_path):
@@ -79,7 +79,7 @@ def test_hc18_outlines_are_filled(tmp_path):
 
     ring = ellipse_mask(50, 60, 25, 30, 15) & ~ellipse_mask(50, 60, 25, 30, 14)
     p = save(tmp_path / "000_HC_Annotation.png", ring.astype(np.uint8) * 255)
-    filled = adapters.read_mask([p], (50, 60), fill=True)
+    filled = adapter_io.read_mask([p], (50, 60), fill=True)
     assert filled[25, 30] and filled.sum() > 5 * ring.sum()
 
 

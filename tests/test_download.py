@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sas_kit import datasets, download, sources
+from sas_kit.data import datasets, download, sources
 
 PAYLOAD = b"ultrasound" * 5000
 

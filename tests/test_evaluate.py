@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from sas_kit import evaluate as ev
-from sas_kit import models
-from sas_kit.phantom import make_phantom
+from sas_kit.data.phantom import make_phantom
+from sas_kit.experiment import evaluate as ev
+from sas_kit.models import registry
 
 
 def test_dice_and_iou():
@@ -62,7 +62,7 @@ def test_paired_gain():
 
 @pytest.fixture(scope="module")
 def lite():
-    return models.load_model("litemedsam")
+    return registry.load_model("litemedsam")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def data():
 
 def test_evaluate_encodes_once_skips_empty_and_reuses_embeddings(lite, data, monkeypatch):
     calls = []
-    real = models.encode
-    monkeypatch.setattr(models, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = registry.encode
+    monkeypatch.setattr(registry, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = {}
     df = ev.evaluate(lite, "litemedsam", data, ["box", "1click"], embeddings=cache, progress=False)
     assert len(calls) == 2 and len(cache) == 2  # two non-empty images, each encoded once for both prompts
@@ -96,10 +96,10 @@ def test_evaluate_encodes_once_skips_empty_and_reuses_embeddings(lite, data, mon
 
 
 def test_evaluate_command_prints_json(lite, data, monkeypatch, capsys):
-    from sas_kit import datasets
-    from sas_kit.commands import evaluate as cmd
+    from sas_kit.cli import evaluate as cmd
+    from sas_kit.data import datasets
 
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: lite)
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: lite)
     monkeypatch.setattr(datasets, "load", lambda name, split="test", limit=None: data[:limit])
     assert cmd.main(["--data", "phantom", "--limit", "2", "--prompt", "box", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -108,7 +108,7 @@ def test_evaluate_command_prints_json(lite, data, monkeypatch, capsys):
 
 
 def test_evaluate_command_unknown_model_exits_2(capsys):
-    from sas_kit.commands import evaluate as cmd
+    from sas_kit.cli import evaluate as cmd
 
     assert cmd.main(["--model", "nope", "--data", "phantom"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err

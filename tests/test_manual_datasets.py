@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sas_kit import adapters, cli, datasets
+from sas_kit import cli
+from sas_kit.data import adapter_io, datasets
 from tests.conftest import ellipse_mask, save
 
 
@@ -177,10 +178,10 @@ def test_open_kidney_rasterises_capsule_polygons_from_the_via_csv(tmp_data_root,
 
 
 def test_rasterise_unions_polygons_and_rejects_degenerate_ones():
-    two = adapters.rasterise([[(0, 0), (4, 0), (4, 4), (0, 4)], [(10, 10), (14, 10), (14, 14), (10, 14)]], (20, 20))
+    two = adapter_io.rasterise([[(0, 0), (4, 0), (4, 4), (0, 4)], [(10, 10), (14, 10), (14, 14), (10, 14)]], (20, 20))
     assert two.sum() == 50
-    with pytest.raises(adapters.BadItem, match="3 points"):
-        adapters.rasterise([[(1, 1), (2, 2)]], (5, 5))
+    with pytest.raises(adapter_io.BadItem, match="3 points"):
+        adapter_io.rasterise([[(1, 1), (2, 2)]], (5, 5))
 
 
 def test_all_skipped_folder_raises_the_kits_error_with_counts_reasons_and_layout(tmp_data_root, tmp_path):
@@ -188,7 +189,7 @@ def test_all_skipped_folder_raises_the_kits_error_with_counts_reasons_and_layout
     for i in range(5):
         save(root / "cropped" / f"{i}_1.png", np.zeros((20, 20), np.uint8))
     (root / "notes.txt").write_text("masks were never downloaded\n")
-    with pytest.raises(adapters.UnusableData) as info:
+    with pytest.raises(adapter_io.UnusableData) as info:
         datasets.prepare("ddti", mirror=root.parent)
     text = str(info.value)
     assert "no usable image/mask pair" in text and "seen: 6 files (5 image files); skipped: 5" in text
@@ -200,7 +201,7 @@ def test_folder_with_no_matching_names_says_so(tmp_data_root, tmp_path):
     root = tmp_path / "m" / "kaggle_nerve"
     root.mkdir(parents=True)
     (root / "README.txt").write_text("wrong zip\n")
-    with pytest.raises(adapters.UnusableData, match="no file name matched the expected layout"):
+    with pytest.raises(adapter_io.UnusableData, match="no file name matched the expected layout"):
         datasets.prepare("kaggle_nerve", mirror=root.parent)
 
 

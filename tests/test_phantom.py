@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from sas_kit.phantom import PhantomSpec, make_phantom, phantom_sample
+from sas_kit.data.phantom import PhantomSpec, make_phantom, phantom_sample
 
 
 def test_same_seed_same_pixels_and_independent_samples():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sas_kit import prompts
+from sas_kit.models import prompts
 
 
 def _rect(h=40, w=60, y0=10, y1=20, x0=5, x1=30):

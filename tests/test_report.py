@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sas_kit import report, stats
-from sas_kit.reproduce import make_plan
+from sas_kit.experiment import stats
+from sas_kit.experiment.protocol import make_plan
+from sas_kit.report import tables
 
 
 def _per_image(shift: dict, n: int = 40, seeds=(0, 1), seed_effect: float = 0.0,
@@ -43,14 +44,14 @@ def test_primary_endpoint_recovers_a_known_shift_and_weights_datasets_equally():
     assert avg.gain == pytest.approx(0.20, abs=0.01) and avg.ci_low < avg.gain < avg.ci_high and avg.ci_low > 0.15
     assert _gain(gains, "gain per dataset", scope="int").gain == pytest.approx(0.0, abs=0.01)
     assert _gain(gains, "gain", prompt="box").kind == "secondary"
-    assert any("above zero" in line for line in report.verdict(gains))
+    assert any("above zero" in line for line in tables.verdict(gains))
 
 
 def test_no_gain_is_reported_as_such():
     gains = stats.endpoints(_per_image({}), n_boot=500)
     avg = _gain(gains)
     assert avg.ci_low < 0 < avg.ci_high
-    assert any("includes zero" in line for line in report.verdict(gains))
+    assert any("includes zero" in line for line in tables.verdict(gains))
 
 
 def test_ci_includes_seed_variance():
@@ -81,12 +82,12 @@ def test_size_bins_forgetting_and_two_click_gap_are_reported():
 
 def test_results_and_size_tables_have_the_promised_columns():
     per_image = _per_image({})
-    results = report.results_table(per_image)
+    results = tables.results_table(per_image)
     assert list(results.columns) == ["dataset", "target", "arm", "prompt", "seed", "n", "dice_mean", "ci_low", "ci_high"]
     assert (results.ci_low <= results.dice_mean).all() and (results.dice_mean <= results.ci_high).all()
-    sizes = report.sizebin_table(per_image)
+    sizes = tables.sizebin_table(per_image)
     assert set(sizes.size_bin) == {"<1%", ">20%"} and sizes.n.sum() == 3 * 40 * 3 * 2
-    assert list(report.size_pivot(sizes).columns) == ["<1%", ">20%"]
+    assert list(tables.size_pivot(sizes).columns) == ["<1%", ">20%"]
 
 
 def test_readme_block_is_generated_from_the_run(tmp_path):
@@ -97,7 +98,7 @@ def test_readme_block_is_generated_from_the_run(tmp_path):
                                                     "precision": "fp32", "timings": {"total_s": 5}}))
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:start -->\nSTALE-TEXT\n<!-- results:end -->\nb\n")
-    report.update_readme(readme, tmp_path, "sas-kit reproduce --profile cpu")
+    tables.update_readme(readme, tmp_path, "sas-kit reproduce --profile cpu")
     text = readme.read_text()
     assert "STALE-TEXT" not in text and "+0.100" in text and text.startswith("a\n") and text.endswith("b\n")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sas_kit import sweep
 from sas_kit.cli import main
+from sas_kit.experiment import sweep
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_sweep_scores_the_val_split_and_writes_params_reproduce_accepts(phantom_
     assert set(record["params"]) == {"scale_range", "noise_models"} and "val split" in record["scored_on"]
     assert len(record["table"]) == 2 and all(0 <= r["score"] <= 1 for r in record["table"])
     assert record["score"] == pytest.approx(max(r["score"] for r in record["table"]))  # the best val point is kept
-    from sas_kit.reproduce import make_plan
+    from sas_kit.experiment.protocol import make_plan
 
     assert make_plan("quick", sas_params=out / "sas_params.json").sas_params == record["params"]
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sas_kit import models, segment
-from sas_kit.phantom import make_phantom
+from sas_kit.data.phantom import make_phantom
+from sas_kit.models import registry, segment
 
-LITE = models.MODELS["litemedsam"]
+LITE = registry.MODELS["litemedsam"]
 
 
 @pytest.fixture(scope="module")
 def lite():
-    return models.load_model("litemedsam")
+    return registry.load_model("litemedsam")
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,13 @@ def two_part(lite):
     shifted = (slice(crop[0].start + dy, crop[0].stop + dy), slice(crop[1].start + dx, crop[1].stop + dx))
     image[shifted] = np.where(mask[crop], image[crop], image[shifted])
     mask[shifted] |= mask[crop]
-    embedding, meta = models.encode(lite, LITE, image)
+    embedding, meta = registry.encode(lite, LITE, image)
     return image, mask, embedding, meta
 
 
 def test_box_per_part_union_and_whole_target(lite, two_part, monkeypatch):
     image, mask, embedding, meta = two_part
-    monkeypatch.setattr(models, "encode", lambda *a, **k: pytest.fail("encoded an image that had an embedding"))
+    monkeypatch.setattr(registry, "encode", lambda *a, **k: pytest.fail("encoded an image that had an embedding"))
     pred, used = segment.predict(lite, LITE, image, mask, "box", embedding=embedding, meta=meta, return_prompts=True)
     assert pred.dtype == bool and pred.shape == mask.shape and len(used) == 2
     dice = 2 * (pred & mask).sum() / (pred.sum() + mask.sum())
@@ -48,14 +48,14 @@ def test_box_per_part_union_and_whole_target(lite, two_part, monkeypatch):
 def test_clicks_feed_back_the_previous_logits(lite, two_part, monkeypatch):
     image, mask, embedding, meta = two_part
     calls = []
-    real = models.decode_batch
+    real = registry.decode_batch
 
     def spy(*args, **kwargs):
         for row in kwargs["points"]:  # one row per part decoded in this batch
             calls.append((len(row), kwargs["mask_input"] is not None))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "decode_batch", spy)
+    monkeypatch.setattr(registry, "decode_batch", spy)
     pred, used = segment.predict(lite, LITE, image, mask, "3click", embedding=embedding, meta=meta, return_prompts=True)
     assert pred.shape == mask.shape and len(used) == 2
     for part in used:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sas_kit import models
-from sas_kit.embed_cache import EmbeddingCache, build_views, pixel_key
-from sas_kit.phantom import make_phantom
-from sas_kit.train import TrainConfig, epoch_views, train_arrays
-from sas_kit.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
+from sas_kit.data.phantom import make_phantom
+from sas_kit.experiment.embed_cache import EmbeddingCache, build_views, pixel_key
+from sas_kit.experiment.train import TrainConfig, epoch_views, train_arrays
+from sas_kit.experiment.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
+from sas_kit.models import registry
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -84,22 +84,22 @@ def test_same_seed_same_losses_and_dice(run_a, run_c):
 
 @pytest.fixture(scope="module")
 def base_model():
-    return models.load_model("litemedsam")
+    return registry.load_model("litemedsam")
 
 
 @pytest.fixture(scope="module")
 def tuned_model(run_a):
-    return models.load_model("litemedsam", checkpoint=run_a.last)
+    return registry.load_model("litemedsam", checkpoint=run_a.last)
 
 
 def test_checkpoint_loads_and_changes_predictions(run_a, data, cache, base_model, tuned_model):
-    spec = models.get_spec("litemedsam")
+    spec = registry.get_spec("litemedsam")
     image, mask = data[1][0]
     embedding, meta = cache.get(base_model, spec, image)
     box = np.array([[60, 60, 180, 180]], np.float32)
     with torch.no_grad():
-        before = models.decode(base_model, spec, embedding, meta, boxes=box)[2]
-        after = models.decode(tuned_model, spec, embedding, meta, boxes=box)[2]
+        before = registry.decode(base_model, spec, embedding, meta, boxes=box)[2]
+        after = registry.decode(tuned_model, spec, embedding, meta, boxes=box)[2]
     assert (after - before).abs().max() > 1e-3
     best = torch.load(run_a.best, weights_only=True)  # best.pt: same layout, no optimiser state
     assert best["model"].keys() == torch.load(run_a.last, weights_only=True)["model"].keys()
@@ -118,9 +118,9 @@ def _fake_encoder(monkeypatch) -> list:
 
     def encode(sam, spec, image, precision="fp32"):
         calls.append(pixel_key(image))
-        return torch.zeros(1, 256, 64, 64), models.preprocess(spec, image)[1]
+        return torch.zeros(1, 256, 64, 64), registry.preprocess(spec, image)[1]
 
-    monkeypatch.setattr(models, "encode", encode)
+    monkeypatch.setattr(registry, "encode", encode)
     return calls
 
 
@@ -170,7 +170,7 @@ def _draws_three_clicks(seed: int) -> bool:
 
 def test_click_steps_feed_back_previous_logits(base_model, data, monkeypatch):
     calls = []
-    decode = models.decode_batch
+    decode = registry.decode_batch
 
     def spy(sam, embeddings, scales, **kw):
         calls.append({"points": None if kw.get("points") is None else np.asarray(kw["points"]).shape[1],
@@ -178,10 +178,10 @@ def test_click_steps_feed_back_previous_logits(base_model, data, monkeypatch):
                       "grad": torch.is_grad_enabled()})
         return decode(sam, embeddings, scales, **kw)
 
-    monkeypatch.setattr(models, "decode_batch", spy)
-    spec = models.get_spec("litemedsam")
+    monkeypatch.setattr(registry, "decode_batch", spy)
+    spec = registry.get_spec("litemedsam")
     image, mask = data[0][0]
-    pair = (torch.zeros(1, 256, 64, 64), models.preprocess(spec, image)[1])
+    pair = (torch.zeros(1, 256, 64, 64), registry.preprocess(spec, image)[1])
     seed = next(s for s in range(100) if _draws_three_clicks(s))
     loss = step_loss(base_model, spec, [pair], [mask], np.random.default_rng(seed), click_fraction=1.0, max_clicks=3)
     assert loss.requires_grad
@@ -194,23 +194,23 @@ def test_click_steps_feed_back_previous_logits(base_model, data, monkeypatch):
 
 
 def test_batch_decodes_equal_prompts_together(base_model, data, monkeypatch):
-    spec = models.get_spec("litemedsam")
-    pairs = [(torch.zeros(1, 256, 64, 64), models.preprocess(spec, img)[1]) for img, _ in data[0]]
+    spec = registry.get_spec("litemedsam")
+    pairs = [(torch.zeros(1, 256, 64, 64), registry.preprocess(spec, img)[1]) for img, _ in data[0]]
     masks = [m for _, m in data[0]]
     drawn = draw_prompts(base_model, spec, pairs, masks, np.random.default_rng(0), 0.0, 3, 0.05)
     assert all(p.box is not None for p, _, _ in drawn)
     sizes = []
-    decode = models.decode_batch
-    monkeypatch.setattr(models, "decode_batch", lambda sam, e, s, **kw: sizes.append(e.shape[0]) or decode(sam, e, s, **kw))
+    decode = registry.decode_batch
+    monkeypatch.setattr(registry, "decode_batch", lambda sam, e, s, **kw: sizes.append(e.shape[0]) or decode(sam, e, s, **kw))
     step_loss(base_model, spec, pairs, masks, np.random.default_rng(0), click_fraction=0.0)
     assert sizes == [len(pairs)]  # all boxes in one decoder call
 
 
 def test_lowres_target_keeps_tiny_targets_and_marks_padding():
-    spec = models.get_spec("litemedsam")
+    spec = registry.get_spec("litemedsam")
     mask = np.zeros((300, 600), bool)
     mask[100:101, 200:201] = True  # one pixel: half a low-res pixel after resizing by 256/600
-    meta = models.preprocess(spec, np.zeros((300, 600), np.uint8))[1]
+    meta = registry.preprocess(spec, np.zeros((300, 600), np.uint8))[1]
     target, valid = lowres_target(spec, meta, mask)
     assert target.shape == valid.shape == (1, 1, 256, 256)
     assert 0 < float(target.sum()) < 1.0  # a soft trace, not erased by thresholding

@@ -9,16 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sas_kit import metrics, try_model
-from sas_kit.phantom import make_phantom
+from sas_kit.data.phantom import make_phantom
+from sas_kit.experiment import metrics
+from sas_kit.report import try_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A decoder-only 'fine-tuned' checkpoint: the base decoder perturbed (so its masks differ)."""
-    from sas_kit import models
+    from sas_kit.models import registry
 
-    base = models.load_model("litemedsam")
+    base = registry.load_model("litemedsam")
     g = torch.Generator().manual_seed(0)
     state = {f"mask_decoder.{k}": v + 0.02 * torch.randn(v.shape, generator=g)
              for k, v in base.mask_decoder.state_dict().items() if v.is_floating_point()}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from sas_kit import viz
 from sas_kit.augment import make_policy
-from sas_kit.phantom import make_phantom
+from sas_kit.data.phantom import make_phantom
+from sas_kit.report import viz
 
 
 @pytest.fixture(scope="module")

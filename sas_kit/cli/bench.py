@@ -1,0 +1,58 @@
+"""``sas-kit bench augment|train|encoder|memory``: benchmarks that print tables (speed goals live here, not in tests)."""
+
+from __future__ import annotations
+
+import importlib
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks that print tables")
+    bench.add_argument("what", choices=["augment", "train", "encoder", "memory"], help="what to benchmark")
+    bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
+    bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
+    bench.add_argument("--json", action="store_true", help="print rows as JSON")
+    bench.add_argument("--profile", default="quick", help="notebook profile for `bench memory`")
+    bench.add_argument("--notebooks", nargs="*", default=None,
+                       help="`bench memory`: notebook name prefixes, e.g. 02 03 (default: all)")
+    bench.add_argument("--no-demo", action="store_true", help="`bench memory`: skip `sas-kit demo`")
+    bench.set_defaults(func=run)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    """A plain aligned table of dict rows (also valid Markdown)."""
+    if not rows:
+        print("(no rows)")
+        return
+    keys = list(rows[0])
+    cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print("| " + " | ".join(k.ljust(w) for k, w in zip(keys, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
+
+
+def run(args) -> int:
+    module = importlib.import_module(f"sas_kit.cli.bench_{args.what}")
+    bench = getattr(module, f"bench_{args.what}")
+    kwargs = {}
+    if args.n is not None:
+        kwargs["n"] = args.n
+    if args.what in ("train", "encoder"):
+        kwargs["model"] = args.model
+    if args.what == "memory":
+        kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
+    rows = bench(**kwargs)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
+    return 0

@@ -1,1 +1,0 @@
-"""Subcommands of the ``sas-kit`` CLI; each module has ``register(subparsers)``."""

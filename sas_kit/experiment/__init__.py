@@ -1,0 +1,1 @@
+"""Stage 4 — experiment: views and the embedding store, fine-tuning, evaluation, statistics, the protocol and sweep."""

@@ -1,0 +1,95 @@
+"""Figures of a reproduction: forest plot of gains, Dice vs target size, learning curves, example overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from sas_kit.experiment.evaluate import SIZE_BINS
+from sas_kit.report import plots
+from sas_kit.report.paper import PAPER
+
+ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "stsnet": "#9467bd", "sas": "#d62728"}
+
+
+def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float, float, float] = (
+        PAPER["average_gain"], *PAPER["ci"])):
+    """Gain with 95% CI per dataset (rows) and prompt (markers); the paper's average as a band."""
+    sub = gains[(gains.comparison == comparison) & gains.endpoint.isin(["gain", "gain per dataset"])]
+    sub = sub.rename(columns={"scope": "dataset"})
+    datasets = list(dict.fromkeys(sub.dataset))
+    prompts = list(dict.fromkeys(sub.prompt))
+    fig, ax = plt.subplots(figsize=(6.5, 0.55 * max(len(datasets), 2) + 1.2))
+    ax.axvspan(paper[1], paper[2], color="orange", alpha=0.25, label=f"paper average +{paper[0]:.2f} (95% CI)")
+    ax.axvline(0, color="black", linewidth=0.8)
+    for k, prompt in enumerate(prompts):
+        rows = sub[sub.prompt == prompt]
+        y = np.array([datasets.index(d) for d in rows.dataset]) + (k - (len(prompts) - 1) / 2) * 0.15
+        ax.errorbar(rows.gain, y, xerr=[rows.gain - rows.ci_low, rows.ci_high - rows.gain], fmt="o", ms=4,
+                    capsize=2, label=prompt)
+    ax.set_yticks(range(len(datasets)), datasets)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Dice gain ({comparison.replace('-', ' − ')})")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def dice_by_size(sizes: pd.DataFrame, prompt: str = "box"):
+    """Mean Dice (95% CI) per target-size bin for each arm."""
+    sub = sizes[sizes.prompt == prompt]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for arm, g in sub.groupby("arm", sort=False):
+        g = g.set_index("size_bin").reindex([s for s in SIZE_BINS if s in set(g.size_bin)])
+        x = [SIZE_BINS.index(s) for s in g.index]
+        ax.errorbar(x, g.dice_mean, yerr=[g.dice_mean - g.ci_low, g.ci_high - g.dice_mean], marker="o", capsize=2,
+                    label=arm, color=ARM_COLORS.get(arm))
+    ax.set_xticks(range(len(SIZE_BINS)), SIZE_BINS)
+    ax.set_xlabel("target area / image area")
+    ax.set_ylabel(f"Dice ({prompt})")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: pd.DataFrame):
+    """Training loss (Dice + BCE) per epoch, mean over seeds, per arm."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for arm, g in history.groupby("arm", sort=False):
+        curve = g.groupby("epoch")["train_loss"].mean()
+        ax.plot(curve.index, curve.values, marker="o", label=arm, color=ARM_COLORS.get(arm))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (Dice + BCE)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def examples(panels: list[tuple]):
+    """Rows of (title, image, ground truth, {arm: prediction}) as overlays."""
+    arms = list(panels[0][3]) if panels else []
+    samples = []
+    for title, image, gt, preds in panels:
+        samples.append((image, gt, f"{title}: truth"))
+        samples += [(image, preds[arm], arm) for arm in arms]
+    return plots.contact_sheet(samples, cols=1 + len(arms), size=2.0)
+
+
+def write_figures(out: Path, plan, per_image, gains, sizes, history, panels) -> list[str]:
+    """Save the figures that have data; return their file names."""
+    made = []
+    for name, build in (("forest.png", lambda: forest(gains)), ("dice_by_size.png", lambda: dice_by_size(sizes)),
+                        ("learning_curves.png", lambda: learning_curves(history)),
+                        ("examples.png", lambda: examples(panels))):
+        try:
+            fig = build()
+        except (KeyError, ValueError, IndexError):  # e.g. no SAS arm in a custom run: no such figure
+            continue
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    return made
