@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +69,15 @@ class Profile:
     batch_size: int = 4
     select: str = "best"
     prompts: tuple[str, ...] = ("box", "1click", "2click", "3click")
+    low_data: tuple[int, ...] = ()  # training-set sizes of the low-data curve (run when the genseg arm is)
+    genseg: dict = field(default_factory=dict)  # GenSegParams overrides (sas_kit.augment.genseg)
 
 
 PROFILES = {
     "quick": Profile("quick", train_limit=6, eval_limit=4, epochs=1, seeds=(0,), views=2, batch_size=2,
-                     select="last"),
+                     select="last", low_data=(3,), genseg={"size": 32, "steps": 30, "ngf": 8, "ndf": 8}),
     "cpu": Profile("cpu", train_limit=100, eval_limit=40, epochs=5, seeds=(0, 1), views=2, view_seed=0,
-                   batch_size=4, select="last", prompts=("box", "1click", "2click")),
+                   batch_size=4, select="last", prompts=("box", "1click", "2click"), low_data=(10, 20, 40)),
     "gpu": Profile("gpu", train_limit=None, eval_limit=None, epochs=20, seeds=(0, 1, 2), views=3, mode="full",
-                   batch_size=8),
+                   batch_size=8, low_data=(10, 20, 40, 100)),
 }

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sas_kit.data.phantom import make_phantom
-from sas_kit.experiment.embed_cache import EmbeddingCache, build_views, pixel_key
+from sas_kit.digest import pixel_key
+from sas_kit.experiment.embed_cache import EmbeddingCache, build_views
 from sas_kit.experiment.train import TrainConfig, epoch_views, train_arrays
 from sas_kit.experiment.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
 from sas_kit.models import registry

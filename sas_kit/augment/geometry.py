@@ -33,15 +33,18 @@ def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate an (image, mask) pair: uint8 HxW or HxWx3 image, HxW mask (any dtype, nonzero = target)."""
+def check_pair(image: np.ndarray, mask: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The one input check of the kit: a uint8 HxW or HxWx3 image (HxWx1 becomes HxW) and an HxW mask (any dtype,
+    nonzero = target, returned as bool). Errors start with ``where`` (e.g. "sample 3") and say the fix."""
     image, mask = np.asarray(image), np.asarray(mask)
+    at = f"{where}: " if where else ""
     if image.dtype != np.uint8:
-        raise TypeError(f"image must be uint8, got {image.dtype}; convert with np.clip(image, 0, 255).astype(np.uint8)")
+        raise TypeError(f"{at}image must be uint8, got {image.dtype}; convert with np.clip(image, 0, 255).astype(np.uint8)"
+                        " or use sas_kit.data.datasets.to_arrays")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"image must be HxW (grey) or HxWx3 (RGB), got shape {image.shape}")
+        raise ValueError(f"{at}image must be HxW (grey) or HxWx3 (RGB), got shape {image.shape}")
     if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
+        raise ValueError(f"{at}mask shape {mask.shape} does not match image shape {image.shape[:2]}")
     return image, mask if mask.dtype == bool else mask != 0

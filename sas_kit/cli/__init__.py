@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from sas_kit import __version__
 
 # Subcommand modules, each with register(subparsers). Missing optional ones are reported, not hidden.
 COMMANDS = ("data", "augment", "train", "evaluate", "reproduce", "bench", "demo")
+
+
+def param_pair(text: str) -> tuple[str, object]:
+    """A ``--param KEY=VALUE`` option: VALUE parsed as JSON, else kept as a bare word (e.g. roi_mode=bbox)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--param expects KEY=VALUE (VALUE as JSON, e.g. scale_range=[0.2,0.5]), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:

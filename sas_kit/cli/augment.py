@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from sas_kit.augment import POLICIES
-
-
-def _param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--param expects KEY=VALUE (VALUE as JSON, e.g. scale_range=[0.2,0.5]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare word, e.g. roi_mode=bbox
+from sas_kit.cli import param_pair
 
 
 def register(sub) -> None:
@@ -36,7 +26,7 @@ def run(args) -> int:
     from sas_kit.augment.samples import augment_to_dir
 
     try:
-        params = dict(_param(t) for t in args.param)
+        params = dict(param_pair(t) for t in args.param)
         records = augment_to_dir(args.data, args.policy, args.n, args.seed, args.out, split=args.split,
                                  limit=args.limit, **params)
     except (ValueError, TypeError, KeyError) as error:

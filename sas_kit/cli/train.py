@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from sas_kit.augment import POLICIES
-
-
-def _param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--param expects KEY=VALUE (VALUE as JSON, e.g. scale_range=[0.2,0.5]), got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+from sas_kit.cli import param_pair
 
 
 def register(sub) -> None:
@@ -46,7 +36,7 @@ def run(args) -> int:
 
     try:
         cfg = TrainConfig(model=args.model, data=args.data, policy=args.policy,
-                          policy_params=dict(_param(t) for t in args.param), mode=args.mode, epochs=args.epochs,
+                          policy_params=dict(param_pair(t) for t in args.param), mode=args.mode, epochs=args.epochs,
                           lr=args.lr, batch_size=args.batch_size, views=args.views, seed=args.seed,
                           train_limit=args.limit, val_limit=args.val_limit, click_fraction=args.click_fraction,
                           out=args.out, device=args.device, disk_cache=not args.no_disk_cache)

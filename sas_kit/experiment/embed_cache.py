@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -12,29 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sas_kit import config, files
-from sas_kit.augment import make_policy
+from sas_kit.augment import check_pair, make_policy
+from sas_kit.digest import pixel_key
 from sas_kit.models import registry
 
 Policy = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple]
-
-
-def pixel_key(image: np.ndarray) -> str:
-    """A hex digest of an image's shape, dtype and pixels: the same view gives the same key in every arm."""
-    image = np.ascontiguousarray(image)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{image.shape}|{image.dtype.str}|".encode())
-    digest.update(image.tobytes())
-    return digest.hexdigest()
-
-
-def data_key(*sample_lists: Sequence[tuple]) -> str:
-    """A digest of the pixels of every (image, mask) sample: a checkpoint records what it was trained on."""
-    digest = hashlib.blake2b(digest_size=16)
-    for samples in sample_lists:
-        digest.update(b"|")
-        for image, mask in samples:
-            digest.update(pixel_key(np.asarray(image)).encode() + pixel_key(np.asarray(mask, bool)).encode())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -60,17 +41,6 @@ def get_policy(policy: str | Policy, seed: int | None = None, params: dict | Non
     return make_policy(policy, seed=seed, **(params or {}))
 
 
-def check_sample(i: int, image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one (image, mask) pair; raise a ValueError naming item ``i`` and the fix."""
-    image, mask = np.asarray(image), np.asarray(mask)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"sample {i}: image must be uint8 HxW or HxWx3, got {image.dtype} {image.shape}; "
-                         f"use sas_kit.data.datasets.to_arrays")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"sample {i}: mask shape {mask.shape} does not match image {image.shape[:2]}")
-    return image, mask.astype(bool)
-
-
 def build_views(samples: Sequence[tuple], policy: str | Policy, views: int, seed: int = 0,
                 params: dict | None = None, tries: int = 10) -> list[View]:
     """``views`` views per (image, mask) sample: view 0 the original, views 1..K-1 drawn by ``policy``.
@@ -88,14 +58,14 @@ def build_views(samples: Sequence[tuple], policy: str | Policy, views: int, seed
     distinct = getattr(fn, "name", policy) != "none"
     out = []
     for i, sample in enumerate(samples):
-        image, mask = check_sample(i, sample[0], sample[1])
+        image, mask = check_pair(sample[0], sample[1], f"sample {i}")
         out.append(View(image, mask, i, 0, {"policy": "original"}))
         keys = {out[-1].key}
         for j in range(1, views):
             for attempt in range(tries if distinct else 1):
                 entropy = [seed, i, j] + ([attempt] if attempt else [])
                 v_image, v_mask, record = fn(image, mask, np.random.default_rng(np.random.SeedSequence(entropy)))
-                v_image, v_mask = check_sample(i, v_image, v_mask)
+                v_image, v_mask = check_pair(v_image, v_mask, f"sample {i} view {j}")
                 view = View(v_image, v_mask, i, j, dict(record))
                 if view.key not in keys:
                     break

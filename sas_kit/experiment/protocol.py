@@ -11,13 +11,14 @@ from pathlib import Path
 import pandas as pd
 
 from sas_kit import config
+from sas_kit.augment import genseg
 from sas_kit.data import datasets, sources
 from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import evaluate
 from sas_kit.experiment.train import TrainConfig, train_arrays
 from sas_kit.models import registry
 
-ARMS = ("zero_shot", "none", "classic", "stsnet", "sas")
+ARMS = ("zero_shot", "none", "classic", "stsnet", "genseg", "sas")
 HEADLINE_ARMS = ("zero_shot", "none", "sas")
 PROMPTS = ("box", "1click", "2click", "3click")
 ZERO_SHOT_PROMPTS = ("box",)  # LiteMedSAM's zero-shot clicks score ≈ 0 (docs/notes.md): box is the reference
@@ -47,6 +48,8 @@ class Plan:
     eval_limit: int | None = None  # per external dataset
     internal_limit: int | None = None  # None: the whole internal test split
     sas_params: dict = field(default_factory=dict)
+    genseg_params: dict = field(default_factory=dict)  # GenSegParams overrides for the genseg arm's generator
+    low_data: tuple[int, ...] = ()  # sizes of the low-data curve (experiment/low_data.py)
     sas_params_source: str = "kit defaults (docs/sas_parameters.md), fixed before the run"
     data_source: str = "phantom"
 
@@ -66,7 +69,8 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
     plan = Plan(profile=profile, model=model, internal=internal, externals=tuple(externals), arms=arms,
                 prompts=prof.prompts, seeds=prof.seeds, epochs=prof.epochs, views=prof.views, mode=prof.mode,
                 view_seed=prof.view_seed, batch_size=prof.batch_size, select=prof.select,
-                train_limit=prof.train_limit, eval_limit=prof.eval_limit,
+                train_limit=prof.train_limit, eval_limit=prof.eval_limit, genseg_params=dict(prof.genseg),
+                low_data=prof.low_data,
                 internal_limit=prof.eval_limit if profile == "quick" else None,
                 data_source="real: " + str(config.mirror_dir() or config.data_root()) if data == "real" else "phantom")
     if isinstance(sas_params, (str, Path)):
@@ -112,10 +116,11 @@ def test_pools(plan: Plan) -> tuple[dict[str, list], dict[str, int]]:
     return sets, empty
 
 
-def arm_config(plan: Plan, arm: str, seed: int, out: Path, progress: bool = True, **extra) -> TrainConfig:
+def arm_config(plan: Plan, arm: str, seed: int, out: Path, progress: bool = True, policy=None, **extra) -> TrainConfig:
     """The TrainConfig of one fine-tuned arm: every arm takes the same views, steps and prompts; ``none`` sees
-    ``views`` copies of the original (same steps, no extra encodes), the others ``views - 1`` policy views."""
-    return TrainConfig(model=plan.model, data=plan.internal, policy=arm, mode=plan.mode, epochs=plan.epochs,
+    ``views`` copies of the original (same steps, no extra encodes), the others ``views - 1`` policy views.
+    ``policy``: a callable that replaces the arm's named policy (the genseg arm's, see :func:`genseg_policy`)."""
+    return TrainConfig(model=plan.model, data=plan.internal, policy=policy or arm, mode=plan.mode, epochs=plan.epochs,
                        views=plan.views, seed=seed, view_seed=plan.view_seed, batch_size=plan.batch_size,
                        select=plan.select, precision=plan.precision,
                        policy_params=plan.sas_params if arm == "sas" else {},
@@ -137,6 +142,17 @@ def reuse_or_train(cfg: TrainConfig, train, val, cache):
     return train_arrays(cfg, train, val, cache=cache)
 
 
+def genseg_policy(plan: Plan, train, seed: int, progress: bool = True) -> genseg.GenSegPolicy:
+    """The genseg arm's policy: a pix2pix generator trained on ``train`` with ``seed`` (cached by images, seed
+    and parameters), turning GenSeg-augmented masks into synthetic images."""
+    params = genseg.GenSegParams(**plan.genseg_params)
+    generator, record = genseg.load_or_train(train, params, seed, progress=progress)
+    if progress:
+        print(f"genseg generator {record['key'][:8]}: {'cached' if record['cached'] else 'trained'} "
+              f"in {record['seconds']:.0f} s")
+    return genseg.GenSegPolicy(generator, params, key=record["key"])
+
+
 def train_arms(plan: Plan, train, val, cache: EmbeddingCache | None, out: Path, progress: bool = True):
     """Fine-tune every arm x seed of ``plan`` (zero_shot excepted). Returns (checkpoints {(arm, seed): path},
     history rows, prompted samples per arm x seed)."""
@@ -145,7 +161,8 @@ def train_arms(plan: Plan, train, val, cache: EmbeddingCache | None, out: Path, 
         for arm in plan.arms:
             if arm == "zero_shot":
                 continue
-            cfg = arm_config(plan, arm, seed, out, progress)
+            policy = genseg_policy(plan, train, seed, progress) if arm == "genseg" else None
+            cfg = arm_config(plan, arm, seed, out, progress, policy=policy)
             result = reuse_or_train(cfg, train, val, cache if plan.mode == "decoder" else None)
             checkpoints[(arm, seed)] = result.best
             samples[(arm, seed)] = result.samples

@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sas_kit import config, files
-from sas_kit.experiment.embed_cache import EmbeddingCache, View, build_views, data_key
+from sas_kit.digest import data_key
+from sas_kit.experiment.embed_cache import EmbeddingCache, View, build_views
 from sas_kit.experiment.metrics import dice
 from sas_kit.experiment.train_step import step_loss
 from sas_kit.models import precision as policy

@@ -12,7 +12,8 @@ from sas_kit.experiment.evaluate import SIZE_BINS
 from sas_kit.report import plots
 from sas_kit.report.paper import PAPER
 
-ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "stsnet": "#9467bd", "sas": "#d62728"}
+ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "stsnet": "#9467bd",
+              "genseg": "#ff7f0e", "sas": "#d62728"}
 
 
 def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float, float, float] = (
@@ -79,6 +80,30 @@ def examples(panels: list[tuple]):
     return plots.contact_sheet(samples, cols=1 + len(arms), size=2.0)
 
 
+def low_data(table: pd.DataFrame):
+    """Dice vs number of real training images (log axis), one panel per prompt, one line per arm, 95% CI bars."""
+    prompts = list(dict.fromkeys(table.prompt))
+    fig, axes = plt.subplots(1, len(prompts), figsize=(3.4 * len(prompts), 3.2), sharey=True, squeeze=False)
+    for ax, prompt in zip(axes[0], prompts):
+        for arm, g in table[table.prompt == prompt].groupby("arm", sort=False):
+            g = g.sort_values("n_train")
+            ax.errorbar(g.n_train, g.dice, yerr=[g.dice - g.ci_low, g.ci_high - g.dice], marker="o", capsize=3,
+                        label=arm, color=ARM_COLORS.get(arm))
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(set(table.n_train)), [str(n) for n in sorted(set(table.n_train))])
+        ax.set_title(prompt)
+        ax.set_xlabel("real training images")
+    axes[0][0].set_ylabel("Dice (internal test)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_figures(out: Path, plan, per_image, gains, sizes, history, panels) -> list[str]:
     """Save the figures that have data; return their file names."""
     made = []
@@ -89,7 +114,6 @@ def write_figures(out: Path, plan, per_image, gains, sizes, history, panels) -> 
             fig = build()
         except (KeyError, ValueError, IndexError):  # e.g. no SAS arm in a custom run: no such figure
             continue
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
+        save(fig, out / name)
         made.append(name)
     return made

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sas_kit import config
 from sas_kit.experiment.embed_cache import EmbeddingCache
+from sas_kit.experiment.low_data import low_data_curve
 from sas_kit.experiment.protocol import evaluate_arms, example_panels, make_plan, test_pools, train_arms
 from sas_kit.experiment.train import load_samples
 from sas_kit.models import precision as policy
@@ -21,7 +22,8 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
                  datasets_mode: str = "auto", progress: bool = True, arms=None, sas_params=None,
                  **overrides) -> Path:
     """Run the whole protocol; write results.csv, gains.csv, sizebins.csv, training.csv, per_image.csv,
-    plan.json, summary.md and figures into ``out``; return the path of summary.md."""
+    plan.json, summary.md and figures into ``out`` (with the genseg arm also low_data.csv, low_data_table.csv and
+    low_data.png); return the path of summary.md."""
     start = time.perf_counter()
     plan = make_plan(profile, model, datasets_mode, arms=arms, sas_params=sas_params, **overrides)
     plan.precision = policy.resolve(plan.precision, config.device())
@@ -41,6 +43,11 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
     t0 = time.perf_counter()
     per_image = evaluate_arms(plan, tests, checkpoints, cache, progress)
     timings["evaluate_s"] = time.perf_counter() - t0
+    curve = None
+    if "genseg" in plan.arms and plan.low_data:  # GenSeg's own figure: Dice vs number of real training images
+        t0 = time.perf_counter()
+        curve = low_data_curve(plan, train, val, tests[plan.internal], cache, out, progress)
+        timings["low_data_s"] = time.perf_counter() - t0
     timings["encoder_calls"] = cache.encoder_calls if cache else None
     timings["total_s"] = time.perf_counter() - start
     per_image.to_csv(out / "per_image.csv", index=False)
@@ -51,4 +58,4 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
               "n_test": n_test, "empty_left_out": empty, "timings": timings}
     (out / "plan.json").write_text(json.dumps(record, indent=1))
     panels = example_panels(plan, tests, checkpoints, cache)
-    return tables.write_report(out, plan, per_image, pd.DataFrame(history), record, panels)
+    return tables.write_report(out, plan, per_image, pd.DataFrame(history), record, panels, curve)

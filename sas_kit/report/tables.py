@@ -9,6 +9,7 @@ import pandas as pd
 
 from sas_kit.experiment import stats
 from sas_kit.experiment.evaluate import SIZE_BINS, bootstrap_ci
+from sas_kit.experiment.low_data import CURVE_ARMS, curve_table
 from sas_kit.report.paper import PAPER
 
 N_BOOT = 2000
@@ -109,8 +110,9 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame, record: dict,
-                 panels: list) -> Path:
-    """Write every table and figure of a reproduction into ``out``; return summary.md."""
+                 panels: list, curve: pd.DataFrame | None = None) -> Path:
+    """Write every table and figure of a reproduction into ``out``; return summary.md. ``curve``: the per-image
+    rows of the low-data curve (experiment/low_data.py), when it ran."""
     from sas_kit.report import figures
 
     results, gains, sizes = results_table(per_image), stats.endpoints(per_image), sizebin_table(per_image)
@@ -118,6 +120,7 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
     gains.to_csv(out / "gains.csv", index=False)
     sizes.to_csv(out / "sizebins.csv", index=False)
     figs = figures.write_figures(out, plan, per_image, gains, sizes, history, panels)
+    low = low_data_section(out, curve) if curve is not None else []
     t = record["timings"]
     cols = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
     md = [f"# SAS reproduction — profile `{plan.profile}`, model `{plan.model}`", "",
@@ -150,11 +153,35 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           f"Ferreira et al. report an average Dice gain of +{PAPER['average_gain']} [95% CI {PAPER['ci'][0]}, "
           f"{PAPER['ci'][1]}] over external datasets, up to +{PAPER['max_gain']}; {PAPER['clicks']}; "
           f"{PAPER['large']}. Their model, data and SAS parameters are not public; this run uses public data, "
-          f"`{plan.model}` and the kit's explicit parameters.", "", "## Figures", ""]
-    md += [f"![{name}]({name})" for name in figs]
+          f"`{plan.model}` and the kit's explicit parameters.", "", *low, "## Figures", ""]
+    md += [f"![{name}]({name})" for name in figs + (["low_data.png"] if low else [])]
     path = out / "summary.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def curve_pivot(table: pd.DataFrame) -> pd.DataFrame:
+    """Training images (rows) by prompt and arm (columns): mean Dice [95% CI] as text."""
+    text = table.assign(cell=[_fmt(r.dice, r.ci_low, r.ci_high) for r in table.itertuples()])
+    wide = text.pivot(index="n_train", columns=["prompt", "arm"], values="cell")
+    order = {name: i for i, name in enumerate(("box", "1click", "2click", "3click", *CURVE_ARMS))}
+    wide = wide[sorted(wide.columns, key=lambda c: (order.get(c[0], 99), order.get(c[1], 99)))]
+    wide.columns = [f"{prompt} · {arm}" for prompt, arm in wide.columns]
+    return wide
+
+
+def low_data_section(out: Path, curve: pd.DataFrame) -> list[str]:
+    """Write low_data.csv, low_data_table.csv and low_data.png; return the summary's markdown lines."""
+    from sas_kit.report import figures
+
+    table = curve_table(curve, n_boot=N_BOOT)
+    curve.to_csv(out / "low_data.csv", index=False)
+    table.to_csv(out / "low_data_table.csv", index=False)
+    figures.save(figures.low_data(table), out / "low_data.png")
+    return ["## Low-data curve: internal test Dice vs real training images (first seed; CIs over images only)", "",
+            "Every arm trains on the first n training images with the same views, epochs and prompts; the GenSeg "
+            "generator is trained on the same n images. Exploratory (GenSeg's figure), not a pre-registered endpoint.",
+            "", curve_pivot(table).to_markdown(), ""]
 
 
 def readme_block(out: Path, command: str, endpoints: tuple[str, ...] | None = None) -> str:
