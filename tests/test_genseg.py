@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sas_kit.augment import genseg
+from sas_kit.augment import genseg, pix2pix
 from sas_kit.data import phantom
 
 TINY = genseg.GenSegParams(size=32, steps=4, batch_size=2, ngf=4, ndf=4)
@@ -192,3 +192,27 @@ def test_training_is_deterministic(hypo_samples):
     b = weights(genseg.train_generator(samples, TINY, seed=0, progress=False))
     c = weights(genseg.train_generator(samples, TINY, seed=1, progress=False))
     assert same_weights(a, b) and not same_weights(a, c)
+
+
+def test_low_data_sizes_and_table():
+    from sas_kit.experiment.low_data import curve_sizes, curve_table
+    from sas_kit.experiment.protocol import make_plan
+
+    plan = make_plan("cpu", data="phantom")
+    assert curve_sizes(plan, 100) == [10, 20, 40, 100] and curve_sizes(plan, 15) == [10, 15]
+    import pandas as pd
+
+    rows = pd.DataFrame({"n_train": [10] * 4 + [20] * 4, "arm": ["none", "none", "sas", "sas"] * 2,
+                         "prompt": "box", "dice": [0.5, 0.7, 0.6, 0.8, 0.6, 0.8, 0.7, 0.9]})
+    table = curve_table(rows, n_boot=200)
+    assert list(table.n_images) == [2] * 4
+    assert table.set_index(["n_train", "arm"]).dice.to_dict() == pytest.approx(
+        {(10, "none"): 0.6, (10, "sas"): 0.7, (20, "none"): 0.7, (20, "sas"): 0.8})
+    assert (table.ci_low <= table.dice).all() and (table.dice <= table.ci_high).all()
+
+
+def test_the_policy_repr_names_its_generator_so_runs_are_reused_only_with_the_same_one():
+    generator = pix2pix.UNetGenerator(32, 1, 1, 4, False)
+    a = genseg.GenSegPolicy(generator, genseg.GenSegParams(size=32), key="abc")
+    b = genseg.GenSegPolicy(generator, genseg.GenSegParams(size=32), key="xyz")
+    assert "abc" in repr(a) and repr(a) != repr(b)

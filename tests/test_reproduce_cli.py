@@ -45,3 +45,28 @@ def test_evaluate_split_all_pools_every_split(phantom_only, capsys):
     assert main(["evaluate", "--data", "phantom", "--split", "all", "--limit", "3", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert row["split"] == "all" and row["n"] + row["skipped_empty"] == 3 and row["precision"] in ("fp32", "bf16")
+
+
+@pytest.mark.slow
+def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_only, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["reproduce", "--profile", "quick", "--data", "phantom", "--arms", "none,sas,genseg",
+                 "--out", str(out)]) == 0
+    import pandas as pd
+
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert set(per_image.arm) == {"none", "sas", "genseg"}
+    curve = pd.read_csv(out / "low_data.csv")
+    plan = json.loads((out / "plan.json").read_text())
+    assert sorted(set(curve.n_train)) == [*plan["low_data"], plan["train_images"]]  # quick: 3, then all 6
+    assert set(curve.arm) == {"none", "sas", "genseg"} and (out / "low_data.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "## Low-data curve" in summary and "genseg-none" in pd.read_csv(out / "gains.csv").comparison.tolist()
+    runs = {p.name for p in (out / "runs").iterdir()} | {p.name for p in (out / "low_data" / "n3" / "runs").iterdir()}
+    assert {"genseg_seed0", "none_seed0", "sas_seed0"} <= runs
+    # a second run reuses every checkpoint and the cached generator
+    capsys.readouterr()
+    assert main(["reproduce", "--profile", "quick", "--data", "phantom", "--arms", "none,sas,genseg",
+                 "--out", str(out)]) == 0
+    log = capsys.readouterr().out
+    assert log.count("reused finished run") == 9 and "trained in" not in log  # main, n=3, full point

@@ -200,6 +200,11 @@ def readme_block(out: Path, command: str, endpoints: tuple[str, ...] | None = No
              _table((gains[gains.endpoint.isin(endpoints) & (gains.scope == "external average")] if endpoints
                      else gains[gains.kind != "exploratory"])[cols]), "",
              f"Exploratory rows, Dice per arm and size bin, and figures: [{out}/summary.md]({out}/summary.md)."]
+    if (Path(out) / "low_data_table.csv").exists():
+        lines += ["", f"Low-data curve (internal test split, seed {plan['seeds'][0]}, CIs over images only; "
+                  f"{plan['timings'].get('low_data_s', 0):.0f} s of the wall time):", "",
+                  curve_pivot(pd.read_csv(Path(out) / "low_data_table.csv")).to_markdown(), "",
+                  f"![low-data curve]({out}/low_data.png)"]
     return "\n".join(lines)
 
 
