@@ -55,7 +55,7 @@ def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_on
     import pandas as pd
 
     per_image = pd.read_csv(out / "per_image.csv")
-    assert set(per_image.arm) == {"none", "sas", "genseg"}
+    assert set(per_image.arm) == {"zero_shot", "none", "sas", "genseg"}  # the CLI always scores zero_shot
     curve = pd.read_csv(out / "low_data.csv")
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(set(curve.n_train)) == [*plan["low_data"], plan["train_images"]]  # quick: 3, then all 6
