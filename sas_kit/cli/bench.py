@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 
 def register(sub) -> None:
@@ -48,7 +49,11 @@ def run(args) -> int:
         kwargs["model"] = args.model
     if args.what == "memory":
         kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
-    rows = bench(**kwargs)
+    try:
+        rows = bench(**kwargs)
+    except ValueError as error:
+        print(f"bench {args.what}: {error}", file=sys.stderr)
+        return 2
     if args.json:
         import json
 

@@ -68,6 +68,9 @@ def bench_memory(profile: str = "quick", notebooks: list[str] | None = None, dem
     ``sas-kit demo`` (into a temporary folder), each with its peak RSS and whether it fits ``budget_mib``."""
     paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if notebooks:
+        unknown = [n for n in notebooks if not any(p.name.startswith(n) for p in paths)]
+        if unknown:
+            raise ValueError(f"no notebook starts with {unknown}; give prefixes of: {[p.name for p in paths]}")
         paths = [p for p in paths if any(p.name.startswith(n) for n in notebooks)]
     rows = [notebook_peak(p, profile) for p in paths]
     if demo:
