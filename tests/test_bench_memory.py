@@ -28,3 +28,12 @@ def test_command_peak_measures_the_child():
     assert 200 <= row["peak_rss_mib"] < 1000
     with pytest.raises(RuntimeError, match="failed"):
         bench_memory.command_peak([sys.executable, "-c", "raise SystemExit(3)"], "fails")
+
+
+def test_an_unknown_notebook_prefix_is_an_error_not_an_empty_table(capsys):
+    with pytest.raises(ValueError, match="no notebook starts with"):
+        bench_memory.bench_memory(notebooks=["99"], demo=False)
+    from sas_kit.cli import main
+
+    assert main(["bench", "memory", "--notebooks", "99", "--no-demo"]) == 2
+    assert "01_datasets.ipynb" in capsys.readouterr().err
