@@ -7,7 +7,9 @@ import json
 import sys
 import time
 
-PROMPT_CHOICES = ("box", "1click", "2click", "3click", "5click")
+from sas_kit.models.prompts import PROMPTS
+
+PROMPT_CHOICES = PROMPTS
 
 
 def register(sub) -> None:

@@ -16,11 +16,11 @@ from sas_kit.data import datasets, sources
 from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import evaluate
 from sas_kit.experiment.train import TrainConfig, train_arrays
-from sas_kit.models import registry
+from sas_kit.models import prompts, registry, segment
 
 ARMS = ("zero_shot", "none", "classic", "stsnet", "genseg", "sas")
 HEADLINE_ARMS = ("zero_shot", "none", "sas")
-PROMPTS = ("box", "1click", "2click", "3click")
+PROMPTS = prompts.PROMPTS[:4]  # box and 1-3 clicks (5click: `sas-kit evaluate` only)
 ZERO_SHOT_PROMPTS = ("box",)  # LiteMedSAM's zero-shot clicks score ≈ 0 (docs/notes.md): box is the reference
 INTERNAL = "bus_bra"
 EXTERNALS = ("busi", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")
@@ -196,7 +196,6 @@ def evaluate_arms(plan: Plan, tests: dict[str, list], checkpoints: dict, cache: 
 def example_panels(plan: Plan, tests: dict, checkpoints: dict, cache, n: int = 4) -> list[tuple]:
     """Box-prompt predictions of zero-shot, none and SAS (first seed) on the smallest test targets."""
     from sas_kit.models import precision as policy
-    from sas_kit.models import segment
 
     arms = [a for a in ("zero_shot", "none", "sas") if a in plan.arms]
     spec = registry.get_spec(plan.model)

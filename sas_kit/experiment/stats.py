@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from sas_kit.experiment.evaluate import SIZE_BINS, size_bin
+from sas_kit.models.prompts import PROMPTS
 
 N_BOOT = 2000
 CLUSTERS = {"usgra_nerve": "usgra", "usgra_vessel": "usgra"}  # same images: one cluster (docs/protocol.md)
@@ -92,7 +93,7 @@ def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
     lose" check; 2-click − box after SAS (external average). per-dataset: SAS − none per dataset and prompt,
     controls (classic, stsnet, genseg) − none at the external average: labelled exploratory."""
     ext = per_image[per_image.role == "external"]
-    arms, prompts = set(per_image.arm), [p for p in ("box", "1click", "2click", "3click") if p in set(per_image.prompt)]
+    arms, prompts = set(per_image.arm), [p for p in PROMPTS if p in set(per_image.prompt)]
     rows = []
     if {"sas", "none"} <= arms and not ext.empty:
         for p in prompts:

@@ -10,13 +10,11 @@ import torch
 
 from sas_kit.models import prompts, registry
 
-PROMPTS = ("box", "1click", "2click", "3click", "5click")
-
 
 def n_clicks(prompt: str) -> int:
     """Number of clicks a prompt name asks for (0 for "box")."""
-    if prompt not in PROMPTS:
-        raise ValueError(f"unknown prompt {prompt!r}; choose one of {PROMPTS}")
+    if prompt not in prompts.PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; choose one of {prompts.PROMPTS}")
     return 0 if prompt == "box" else int(prompt[0])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sas_kit.experiment.evaluate import SIZE_BINS
+from sas_kit.models.prompts import PROMPTS
 from sas_kit.report import plots
 from sas_kit.report.paper import PAPER
 
@@ -82,7 +83,7 @@ def examples(panels: list[tuple]):
 
 def low_data(table: pd.DataFrame):
     """Dice vs number of real training images (log axis), one panel per prompt, one line per arm, 95% CI bars."""
-    prompts = [p for p in ("box", "1click", "2click", "3click") if p in set(table.prompt)]
+    prompts = [p for p in PROMPTS if p in set(table.prompt)]
     table = table.assign(order=table.arm.map({a: i for i, a in enumerate(ARM_COLORS)})).sort_values("order")
     fig, axes = plt.subplots(1, len(prompts), figsize=(3.4 * len(prompts), 3.2), sharey=True, squeeze=False)
     for ax, prompt in zip(axes[0], prompts):

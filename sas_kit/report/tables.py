@@ -10,6 +10,7 @@ import pandas as pd
 from sas_kit.experiment import stats
 from sas_kit.experiment.evaluate import SIZE_BINS, bootstrap_ci
 from sas_kit.experiment.low_data import CURVE_ARMS, curve_table
+from sas_kit.models.prompts import PROMPTS
 from sas_kit.report.paper import PAPER
 
 N_BOOT = 2000
@@ -164,7 +165,7 @@ def curve_pivot(table: pd.DataFrame) -> pd.DataFrame:
     """Training images (rows) by prompt and arm (columns): mean Dice [95% CI] as text."""
     text = table.assign(cell=[_fmt(r.dice, r.ci_low, r.ci_high) for r in table.itertuples()])
     wide = text.pivot(index="n_train", columns=["prompt", "arm"], values="cell")
-    order = {name: i for i, name in enumerate(("box", "1click", "2click", "3click", *CURVE_ARMS))}
+    order = {name: i for i, name in enumerate((*PROMPTS, *CURVE_ARMS))}
     wide = wide[sorted(wide.columns, key=lambda c: (order.get(c[0], 99), order.get(c[1], 99)))]
     wide.columns = [f"{prompt} · {arm}" for prompt, arm in wide.columns]
     return wide
