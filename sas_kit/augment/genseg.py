@@ -27,7 +27,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from sas_kit import config, files
-from sas_kit.augment import pix2pix
+from sas_kit.augment import pix2pix  # a sibling module (the package __init__ does not import genseg)
 from sas_kit.augment.geometry import check_pair
 from sas_kit.digest import data_key
 

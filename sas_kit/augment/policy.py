@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from sas_kit.augment import baselines
+from sas_kit.augment.baselines import Classic, ClassicParams, StsNet, StsNetParams, identity
 from sas_kit.augment.geometry import as_rng, check_pair
 from sas_kit.augment.sas import SAS, SASParams
 
@@ -55,14 +55,14 @@ def make_policy(name: str, seed: int | None = None, **params) -> Policy:
     if name == "none":
         if params:
             raise ValueError(f"policy 'none' takes no parameters (got {sorted(params)})")
-        return Policy(name, baselines.identity, {}, seed)
+        return Policy(name, identity, {}, seed)
     if name == "sas":
         p = _params(SASParams, name, params)
         return Policy(name, SAS(p), asdict(p), seed)
     if name == "classic":
-        p = _params(baselines.ClassicParams, name, params)
-        return Policy(name, baselines.Classic(p), asdict(p), seed)
+        p = _params(ClassicParams, name, params)
+        return Policy(name, Classic(p), asdict(p), seed)
     if name == "stsnet":
-        p = _params(baselines.StsNetParams, name, params)
-        return Policy(name, baselines.StsNet(p), asdict(p), seed)
+        p = _params(StsNetParams, name, params)
+        return Policy(name, StsNet(p), asdict(p), seed)
     raise ValueError(f"unknown augmentation policy {name!r}; choose one of {POLICIES}")

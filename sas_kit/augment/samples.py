@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from sas_kit.augment import Policy, make_policy
+from sas_kit.augment.policy import Policy, make_policy
 
 
 def source_pairs(data: str, split: str = "train", limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
