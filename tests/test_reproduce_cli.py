@@ -69,4 +69,4 @@ def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_on
     assert main(["reproduce", "--profile", "quick", "--data", "phantom", "--arms", "none,sas,genseg",
                  "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert log.count("reused finished run") == 9 and "trained in" not in log  # main, n=3, full point
+    assert log.count("reused finished run") == 6 and "trained in" not in log  # main and n=3 (full point: main scores)

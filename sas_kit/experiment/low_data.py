@@ -20,18 +20,24 @@ def curve_sizes(plan: Plan, n_train: int) -> list[int]:
 
 
 def low_data_curve(plan: Plan, train: list, val: list, test: list, cache: EmbeddingCache | None, out: Path,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, scored: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fine-tune the curve's arms (those of ``CURVE_ARMS`` in the plan) on the first n training images for each
     size of :func:`curve_sizes`, first seed only, and score them on the internal ``test`` images.
 
     Every arm sees the same n images, views, epochs and prompts, so steps grow with n as in GenSeg's figure; the
     GenSeg generator is trained on the same n images. The full-size point reuses the main run's checkpoints in
-    ``out/runs`` (same settings and images); the others live in ``out/low_data/n<N>/``. Returns one row per
-    image x prompt x arm x n (column ``n_train``)."""
+    ``out/runs`` (same settings and images), and its scores too when ``scored`` (the main run's
+    ``evaluate_arms`` rows) has them; the others live in ``out/low_data/n<N>/``. Returns one row per image x
+    prompt x arm x n (column ``n_train``)."""
     arms = tuple(a for a in CURVE_ARMS if a in plan.arms)
     sub_plan = replace(plan, arms=arms, seeds=plan.seeds[:1])
     frames = []
     for n in curve_sizes(plan, len(train)):
+        if n == len(train) and scored is not None:
+            mine = scored[(scored.dataset == plan.internal) & (scored.seed == plan.seeds[0]) & scored.arm.isin(arms)]
+            if set(mine.arm) == set(arms):  # the main run scored these very checkpoints on these images
+                frames.append(mine.assign(n_train=n))
+                continue
         where = Path(out) if n == len(train) else Path(out) / "low_data" / f"n{n}"
         checkpoints, _, _ = train_arms(sub_plan, train[:n], val, cache, where, progress)
         scored = evaluate_arms(sub_plan, {plan.internal: test}, checkpoints, cache, progress)

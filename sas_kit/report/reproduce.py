@@ -46,7 +46,7 @@ def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | P
     curve = None
     if "genseg" in plan.arms and plan.low_data:  # GenSeg's own figure: Dice vs number of real training images
         t0 = time.perf_counter()
-        curve = low_data_curve(plan, train, val, tests[plan.internal], cache, out, progress)
+        curve = low_data_curve(plan, train, val, tests[plan.internal], cache, out, progress, scored=per_image)
         timings["low_data_s"] = time.perf_counter() - t0
     timings["encoder_calls"] = cache.encoder_calls if cache else None
     timings["total_s"] = time.perf_counter() - start
