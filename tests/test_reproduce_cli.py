@@ -60,6 +60,13 @@ def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_on
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(set(curve.n_train)) == [*plan["low_data"], plan["train_images"]]  # quick: 3, then all 6
     assert set(curve.arm) == {"none", "sas", "genseg"} and (out / "low_data.png").stat().st_size > 0
+    # the full-size point is the main run's internal scores (same checkpoints, same images), not another size's
+    key = ["arm", "id", "prompt"]
+    main_rows = per_image[(per_image.dataset == plan["internal"]) & per_image.arm.isin(["none", "sas", "genseg"])]
+    full = curve[curve.n_train == plan["train_images"]].merge(main_rows, on=key, suffixes=("", "_main"))
+    assert len(full) == len(main_rows) > 0 and (full.dice == full.dice_main).all()
+    small = curve[curve.n_train == 3].merge(main_rows, on=key, suffixes=("", "_main"))
+    assert len(small) == len(main_rows) and not (small.dice == small.dice_main).all()
     summary = (out / "summary.md").read_text()
     assert "## Low-data curve" in summary and "genseg-none" in pd.read_csv(out / "gains.csv").comparison.tolist()
     runs = {p.name for p in (out / "runs").iterdir()} | {p.name for p in (out / "low_data" / "n3" / "runs").iterdir()}

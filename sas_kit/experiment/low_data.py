@@ -40,8 +40,8 @@ def low_data_curve(plan: Plan, train: list, val: list, test: list, cache: Embedd
                 continue
         where = Path(out) if n == len(train) else Path(out) / "low_data" / f"n{n}"
         checkpoints, _, _ = train_arms(sub_plan, train[:n], val, cache, where, progress)
-        scored = evaluate_arms(sub_plan, {plan.internal: test}, checkpoints, cache, progress)
-        frames.append(scored.assign(n_train=n))
+        rows = evaluate_arms(sub_plan, {plan.internal: test}, checkpoints, cache, progress)
+        frames.append(rows.assign(n_train=n))
     return pd.concat(frames, ignore_index=True)
 
 
