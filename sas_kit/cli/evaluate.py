@@ -9,8 +9,6 @@ import time
 
 from sas_kit.models.prompts import PROMPTS
 
-PROMPT_CHOICES = PROMPTS
-
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice (mean, bootstrap 95%% CI) of a model per prompt on a dataset split")
@@ -24,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="phantom", help="dataset name (see `sas-kit data list`)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="dataset split, or all (every split: for data never trained on)")
-    p.add_argument("--prompt", action="append", choices=PROMPT_CHOICES, default=None,
+    p.add_argument("--prompt", action="append", choices=PROMPTS, default=None,
                    help="prompt type, repeatable (default: box)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images of the split")
     p.add_argument("--seed", type=int, default=0, help="seed for box jitter and the bootstrap")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from sas_kit.experiment import stats
@@ -30,13 +29,6 @@ def seed_mean(per_image: pd.DataFrame) -> pd.DataFrame:
     """Per-image Dice averaged over seeds (one row per dataset x arm x prompt x image)."""
     cols = ["dataset", "target", "role", "arm", "prompt", "id", "area_fraction", "size_bin"]
     return per_image.groupby(cols, as_index=False, sort=False)["dice"].mean()
-
-
-def _pair(means: pd.DataFrame, dataset: str, prompt: str, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    sub = means[(means.dataset == dataset) & (means.prompt == prompt)]
-    pivot = sub.pivot_table(index="id", columns="arm", values="dice")
-    pivot = pivot.dropna(subset=[a, b])
-    return pivot[a].to_numpy(), pivot[b].to_numpy()
 
 
 def sizebin_table(per_image: pd.DataFrame) -> pd.DataFrame:
