@@ -75,7 +75,7 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", train_limit=6, eval_limit=4, epochs=1, seeds=(0,), views=2, batch_size=2,
-                     select="last", low_data=(3,), genseg={"size": 32, "steps": 30, "ngf": 8, "ndf": 8}),
+                     select="last", low_data=(3,), genseg={"size": 32, "epochs": 20, "ngf": 8, "ndf": 8}),
     "cpu": Profile("cpu", train_limit=100, eval_limit=40, epochs=5, seeds=(0, 1), views=2, view_seed=0,
                    batch_size=4, select="last", prompts=("box", "1click", "2click"), low_data=(10, 20, 40)),
     "gpu": Profile("gpu", train_limit=None, eval_limit=None, epochs=20, seeds=(0, 1, 2), views=3, mode="full",

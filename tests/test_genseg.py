@@ -165,7 +165,7 @@ def test_cache_hit_corrupt_and_mismatch(tmp_path, hypo_samples):
 
 # (e) params
 @pytest.mark.parametrize("bad, match", [
-    (dict(size=100), "power of two"), (dict(size=16), "power of two"), (dict(steps=0), "steps"),
+    (dict(size=100), "power of two"), (dict(size=16), "power of two"), (dict(steps=0), "steps"), (dict(epochs=0), "epochs"),
     (dict(lr=0.0), "lr"), (dict(betas=(0.5, 1.5)), "betas"), (dict(lambda_l1=-1.0), "lambda_l1"),
     (dict(ngf=0), "ngf"), (dict(flip_prob=1.5), "flip_prob"), (dict(crop_pad=0.6), "crop_pad"),
     (dict(scale_range=(1.2, 0.8)), "scale_range"), (dict(scale_range=(0.0, 1.0)), "scale_range"),
@@ -174,6 +174,14 @@ def test_cache_hit_corrupt_and_mismatch(tmp_path, hypo_samples):
 def test_invalid_params(bad, match):
     with pytest.raises(ValueError, match=match):
         genseg.GenSegParams(**bad)
+
+
+def test_steps_follow_epochs():
+    """A generator trains a fixed number of epochs (GenSeg's and pix2pix's convention): steps grow with n."""
+    p = genseg.GenSegParams()
+    assert [p.n_steps(n) for n in (100, 40, 10, 3, 1)] == [1500, 600, 150, 60, 60]  # batch min(4, n)
+    assert genseg.GenSegParams(epochs=2.5, batch_size=4).n_steps(10) == 7  # ceil(6.25)
+    assert genseg.GenSegParams(steps=5).n_steps(1000) == 5  # an explicit step count wins
 
 
 def test_bad_samples():

@@ -40,8 +40,10 @@ class GenSegParams:
     """Generator training (pix2pix) and mask augmentation (GenSeg) parameters.
 
     size: square working resolution (power of two; 128 is the kit's CPU choice, see ``sas_kit.augment.pix2pix``).
-    steps: optimiser steps of batch ``batch_size`` (1500 x 4 = 60 epochs of 100 images). 2000 steps on 100 BUS-BRA
-    images at 128² took 135 s on 1 thread beside another job; 0.04 s/step on 2 idle cores: 1500 ≈ 60-100 s.
+    epochs: passes over the n training pairs; the generator takes ``ceil(epochs · n / batch)`` optimiser steps
+    (:meth:`n_steps`), so a low-data generator sees each of its images as often as the full one. GenSeg's scripts
+    and pix2pix's also fix epochs, not steps. 60 epochs of 100 images = 1500 steps of batch 4 ≈ 60-70 s at 128² on 2
+    idle cores (0.04 s/step); 10 images: 150 steps. steps: if set, exactly this many steps instead (tests, demos).
     lr, betas, lambda_l1: Adam and the L1 weight of pix2pix. ngf/ndf: generator/discriminator base width.
     dropout: pix2pix's decoder dropout while training. pair_flip: flip training pairs horizontally (p = 0.5).
     Mask augmentation (GenSeg's ranges): flip_prob (horizontal flip); crop_pad: each side cropped (<0) or padded
@@ -51,7 +53,8 @@ class GenSegParams:
     """
 
     size: int = 128
-    steps: int = 1500
+    epochs: float = 60.0
+    steps: int | None = None
     batch_size: int = 4
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -73,7 +76,8 @@ class GenSegParams:
         checks = [
             (isinstance(self.size, int) and 32 <= self.size <= 1024 and not self.size & (self.size - 1),
              f"size a power of two in [32, 1024], e.g. 64, 128, 256 (got {self.size!r})"),
-            (self.steps >= 1 and self.batch_size >= 1, f"steps, batch_size >= 1 (got {self.steps}, {self.batch_size})"),
+            (self.epochs > 0 and (self.steps is None or self.steps >= 1) and self.batch_size >= 1,
+             f"epochs > 0, steps None or >= 1, batch_size >= 1 (got {self.epochs}, {self.steps}, {self.batch_size})"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"2 betas in [0, 1) (got {self.betas})"),
             (self.lr > 0 and self.lambda_l1 >= 0, f"lr > 0, lambda_l1 >= 0 (got {self.lr}, {self.lambda_l1})"),
             (self.ngf >= 1 and self.ndf >= 1, f"ngf and ndf >= 1 (got {self.ngf}, {self.ndf})"),
@@ -88,6 +92,13 @@ class GenSegParams:
         for ok, what in checks:
             if not ok:
                 raise ValueError(f"GenSegParams: expected {what}")
+
+
+    def n_steps(self, n: int) -> int:
+        """Optimiser steps for ``n`` training pairs: ``steps`` if set, else ``ceil(epochs · n / min(batch, n))``."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * n / min(self.batch_size, n)))
 
 
 def augment_mask(mask: np.ndarray, rng: np.random.Generator, params: GenSegParams = GenSegParams(),
@@ -160,6 +171,7 @@ def train_generator(samples: Sequence[tuple], params: GenSegParams = GenSegParam
     device = torch.device(config.device())
     torch.set_flush_denormal(True)  # Adam's second moments underflow to denormals: ~50x slower on x86
     n, batch = len(pairs), min(params.batch_size, len(pairs))
+    total = params.n_steps(n)
     fork = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(seed)
@@ -169,7 +181,7 @@ def train_generator(samples: Sequence[tuple], params: GenSegParams = GenSegParam
         opt_d = torch.optim.Adam(D.parameters(), lr=params.lr, betas=params.betas)
         data_rng = torch.Generator().manual_seed(seed)
         order = torch.empty(0, dtype=torch.long)
-        for step in (bar := tqdm(range(params.steps), desc="genseg pix2pix", disable=not progress, leave=False)):
+        for step in (bar := tqdm(range(total), desc="genseg pix2pix", disable=not progress, leave=False)):
             if len(order) < batch:
                 order = torch.cat([order, torch.randperm(n, generator=data_rng)])
             idx, order = order[:batch], order[batch:]
@@ -195,7 +207,7 @@ def train_generator(samples: Sequence[tuple], params: GenSegParams = GenSegParam
             loss_l1 = F.l1_loss(fake, x)
             (loss_gan + params.lambda_l1 * loss_l1).backward()
             opt_g.step()
-            if progress and (step % 50 == 0 or step == params.steps - 1):
+            if progress and (step % 50 == 0 or step == total - 1):
                 bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_gan.item():.3f}", l1=f"{loss_l1.item():.3f}")
     return G.eval()
 
@@ -232,7 +244,7 @@ def load_or_train(samples: Sequence[tuple], params: GenSegParams = GenSegParams(
     """The generator for (samples, params, seed) from ``<root>/<key>.pt``, else trained and saved there
     (atomically). A file that is unreadable or was made for another key, params, seed or VERSION is not
     used: a warning says why, and it is retrained and overwritten. Returns (generator in eval mode, record
-    {key, cached, seconds, path})."""
+    {key, cached, seconds, path}, plus steps when trained)."""
     start = time.perf_counter()
     root = Path(root) if root is not None else config.data_root() / "cache" / "genseg"
     key = cache_key(samples, params, seed)
@@ -256,7 +268,8 @@ def load_or_train(samples: Sequence[tuple], params: GenSegParams = GenSegParams(
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     files.torch_save(path, {"key": key, "version": VERSION, "seed": int(seed), "params": _params_json(params),
                             "state_dict": state})
-    return generator, {"key": key, "cached": False, "seconds": time.perf_counter() - start, "path": str(path)}
+    return generator, {"key": key, "cached": False, "seconds": time.perf_counter() - start, "path": str(path),
+                       "steps": params.n_steps(len(samples))}
 
 
 class GenSegPolicy:

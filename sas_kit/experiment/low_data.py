@@ -25,10 +25,10 @@ def low_data_curve(plan: Plan, train: list, val: list, test: list, cache: Embedd
     size of :func:`curve_sizes`, first seed only, and score them on the internal ``test`` images.
 
     Every arm sees the same n images, views, epochs and prompts, so steps grow with n as in GenSeg's figure; the
-    GenSeg generator is trained on the same n images. The full-size point reuses the main run's checkpoints in
-    ``out/runs`` (same settings and images), and its scores too when ``scored`` (the main run's
-    ``evaluate_arms`` rows) has them; the others live in ``out/low_data/n<N>/``. Returns one row per image x
-    prompt x arm x n (column ``n_train``)."""
+    GenSeg generator is trained on the same n images for the same epochs (``GenSegParams.epochs``). The full-size
+    point reuses the main run's checkpoints in ``out/runs`` (same settings and images), and its scores too when
+    ``scored`` (the main run's ``evaluate_arms`` rows) has them; the others live in ``out/low_data/n<N>/``.
+    Returns one row per image x prompt x arm x n (column ``n_train``)."""
     arms = tuple(a for a in CURVE_ARMS if a in plan.arms)
     sub_plan = replace(plan, arms=arms, seeds=plan.seeds[:1])
     frames = []

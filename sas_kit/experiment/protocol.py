@@ -148,8 +148,8 @@ def genseg_policy(plan: Plan, train, seed: int, progress: bool = True) -> genseg
     params = genseg.GenSegParams(**plan.genseg_params)
     generator, record = genseg.load_or_train(train, params, seed, progress=progress)
     if progress:
-        print(f"genseg generator {record['key'][:8]}: {'cached' if record['cached'] else 'trained'} "
-              f"in {record['seconds']:.0f} s")
+        how = "cached" if record["cached"] else f"trained {record['steps']} steps"
+        print(f"genseg generator {record['key'][:8]} ({len(train)} images): {how} in {record['seconds']:.0f} s")
     return genseg.GenSegPolicy(generator, params, key=record["key"])
 
 
