@@ -1,4 +1,4 @@
-"""Metrics, size bins, bootstrap CIs, paired gains, evaluate() over a dataset and the evaluate command."""
+"""Metrics, size bins, bootstrap CIs, evaluate() over a dataset and the evaluate command."""
 
 from __future__ import annotations
 
@@ -46,18 +46,6 @@ def test_bootstrap_ci_contains_the_mean_and_narrows_with_n():
     assert ev.bootstrap_ci([0.4]) == (0.4, 0.4, 0.4)
     with pytest.raises(ValueError, match="NaN"):
         ev.bootstrap_ci([0.5, np.nan])
-
-
-def test_paired_gain():
-    a = np.random.default_rng(1).uniform(0, 1, 50)
-    assert ev.paired_gain(a, a) == (0.0, 0.0, 0.0)
-    gain, lo, hi = ev.paired_gain(a, a + 0.1)
-    assert gain == pytest.approx(0.1) and lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
-    noisy = a + 0.05 + np.random.default_rng(2).normal(0, 0.05, 50)
-    g, lo, hi = ev.paired_gain(a, noisy)
-    assert lo < g < hi and lo > 0
-    with pytest.raises(ValueError, match="same length"):
-        ev.paired_gain(a, a[:10])
 
 
 @pytest.fixture(scope="module")

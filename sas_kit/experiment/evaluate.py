@@ -1,4 +1,4 @@
-"""Evaluation: Dice/IoU per image and prompt, size bins, bootstrap confidence intervals, paired gains."""
+"""Evaluation: Dice/IoU per image and prompt, size bins, bootstrap confidence intervals of a mean."""
 
 from __future__ import annotations
 
@@ -51,15 +51,6 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05)
     """(mean, low, high): percentile bootstrap (1 - alpha) CI of the mean, seeded. NaN triple for no values;
     NaN inside ``values`` is an error (nothing silently dropped)."""
     return _percentile_boot(_finite(values, "values"), n_boot, seed, alpha)
-
-
-def paired_gain(a, b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean gain of ``b`` over ``a`` on the same images (b − a, paired by position) and its bootstrap CI,
-    resampling images (the per-image differences)."""
-    a, b = _finite(a, "a"), _finite(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores must have the same length, got {a.size} and {b.size}")
-    return _percentile_boot(b - a, n_boot, seed, alpha)
 
 
 def _examples(dataset) -> Iterable[tuple[str, np.ndarray, np.ndarray, dict]]:
