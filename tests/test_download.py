@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from sas_kit.data import datasets, download, sources
 
@@ -86,7 +87,7 @@ def test_dropped_connection_without_retries_fails_cleanly(server, tmp_path):
     handler, url = server
     handler.files["/a.bin"] = PAYLOAD
     handler.drops["/a.bin"] = 5
-    with pytest.raises(Exception):
+    with pytest.raises(requests.exceptions.RequestException):  # the transport's error; obtain() wraps it
         download.fetch(f"{url}/a.bin", _sha(PAYLOAD), tmp_path, retries=1, progress=False)
     assert list(tmp_path.iterdir()) == [], "a half file was left behind"
 
