@@ -93,7 +93,6 @@ class GenSegParams:
             if not ok:
                 raise ValueError(f"GenSegParams: expected {what}")
 
-
     def n_steps(self, n: int) -> int:
         """Optimiser steps for ``n`` training pairs: ``steps`` if set, else ``ceil(epochs · n / min(batch, n))``."""
         if self.steps is not None:
@@ -162,7 +161,8 @@ def train_generator(samples: Sequence[tuple], params: GenSegParams = GenSegParam
                     progress: bool = True) -> pix2pix.UNetGenerator:
     """Train pix2pix (GAN + lambda_l1·L1) on (image, mask) samples at ``params.size``; return the generator in
     eval mode. Deterministic for a fixed seed on CPU: weights, dropout and batch order come from ``seed``
-    (torch's global RNG is restored afterwards). Turns on flush-denormal for the process (as sas_kit.experiment.train)."""
+    (torch's global RNG is restored afterwards). Turns on flush-denormal for the process (as
+    sas_kit.experiment.train)."""
     if not samples:
         raise ValueError("train_generator needs at least one (image, mask) sample")
     pairs = [check_pair(s[0], s[1], f"sample {i}") for i, s in enumerate(samples)]
