@@ -76,4 +76,6 @@ def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_on
     assert main(["reproduce", "--profile", "quick", "--data", "phantom", "--arms", "none,sas,genseg",
                  "--out", str(out)]) == 0
     log = capsys.readouterr().out
-    assert log.count("reused finished run") == 6 and "trained in" not in log  # main and n=3 (full point: main scores)
+    assert log.count("reused finished run") == 6  # main and n=3 (full point: main scores)
+    generators = [line for line in log.splitlines() if line.startswith("genseg generator")]
+    assert len(generators) == 2 and all(": cached in" in line for line in generators), generators  # main + n=3
