@@ -202,12 +202,18 @@ def test_training_is_deterministic(hypo_samples):
     assert same_weights(a, b) and not same_weights(a, c)
 
 
-def test_low_data_sizes_and_table():
+def test_low_data_sizes_and_table(tmp_data_root, monkeypatch):
     from sas_kit.experiment.low_data import curve_sizes, curve_table
     from sas_kit.experiment.protocol import make_plan
 
-    plan = make_plan("cpu", data="phantom")
-    assert curve_sizes(plan, 100) == [10, 20, 40, 100] and curve_sizes(plan, 15) == [10, 15]
+    monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
+    plan = make_plan("quick", data="phantom", arms=("none", "sas", "genseg"))  # quick: low_data (3,), 6 images
+    assert curve_sizes(plan) == [3, 6] and plan.train_images == 6
+    small = plan.curve_tasks()
+    assert sorted(t.spec.arm for t in small) == ["genseg", "none", "sas"] and {t.spec.train_limit for t in small} == {3}
+    assert all(t.score_on == (plan.internal,) for t in small)
+    assert not {t.spec.data_key for t in small} & {t.spec.data_key for t in plan.main_tasks()}  # 3 images, not 6
+    assert not make_plan("quick", data="phantom", arms=("none", "sas")).curve_tasks()  # the curve comes with genseg
     import pandas as pd
 
     rows = pd.DataFrame({"n_train": [10] * 4 + [20] * 4, "arm": ["none", "none", "sas", "sas"] * 2,

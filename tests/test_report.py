@@ -107,7 +107,10 @@ def test_plan_falls_back_to_the_phantom_without_real_data(tmp_data_root, monkeyp
     monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
     plan = make_plan("quick")
     assert plan.internal == "phantom" and plan.externals == () and plan.arms == ("zero_shot", "none", "sas")
-    assert make_plan("cpu", data="real").externals == ("busi", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")
+    from sas_kit.data.download import DataUnavailable
+
+    with pytest.raises(DataUnavailable, match="bus_bra"):  # asking for real data without it says how to get it
+        make_plan("cpu", data="real")
 
 
 def test_plan_reads_sas_params_from_a_sweep_file_and_rejects_bad_ones(tmp_path, tmp_data_root, monkeypatch):

@@ -11,7 +11,9 @@ import torch
 from sas_kit.data.phantom import make_phantom
 from sas_kit.digest import pixel_key
 from sas_kit.experiment.embed_cache import EmbeddingCache, build_views
-from sas_kit.experiment.train import TrainConfig, epoch_views, train_arrays
+from sas_kit.digest import data_key
+from sas_kit.experiment.run import RunSpec
+from sas_kit.experiment.train import epoch_views, train_arrays
 from sas_kit.experiment.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
 from sas_kit.models import registry
 
@@ -30,22 +32,29 @@ def cache():
     return EmbeddingCache("litemedsam")
 
 
-def config(out, **kw) -> TrainConfig:
+def config(train=None, val=None, **kw) -> RunSpec:
+    """A run spec for (train, val) phantom arrays (the module's ``data`` by default)."""
+    pairs = [(img, m) for img, m, _ in make_phantom(4, seed=11)]
+    train, val = (pairs[:3] if train is None else train), (pairs[3:] if val is None else val)
     base = dict(epochs=1, views=1, batch_size=2, lr=3e-4, click_fraction=0.5, max_clicks=2, seed=0,
-                out=str(out), device="cpu", disk_cache=False, progress=False, precision="fp32")
-    return TrainConfig(**{**base, **kw})
+                device="cpu", precision="fp32", data_key=data_key(train, val))
+    return RunSpec.build(**{**base, **kw})
+
+
+def train(spec, data, out, **kw):
+    return train_arrays(spec, *data, out, progress=False, disk_cache=False, **kw)
 
 
 @pytest.fixture(scope="module")
 def run_a(data, cache, tmp_path_factory):
     """An uninterrupted 2-epoch run."""
-    return train_arrays(config(tmp_path_factory.mktemp("a"), epochs=2), *data, cache=cache)
+    return train(config(epochs=2), data, tmp_path_factory.mktemp("a"), cache=cache)
 
 
 @pytest.fixture(scope="module")
 def run_c(data, cache, tmp_path_factory):
     """A 1-epoch run in its own folder (resumed to 2 epochs by a test)."""
-    return train_arrays(config(tmp_path_factory.mktemp("c")), *data, cache=cache)
+    return train(config(), data, tmp_path_factory.mktemp("c"), cache=cache)
 
 
 def test_one_epoch_decoder_finetune(run_c):
@@ -54,7 +63,7 @@ def test_one_epoch_decoder_finetune(run_c):
     assert 0.0 <= run_c.val_dice[0] <= 1.0 and 0.0 <= run_c.val_dice_initial <= 1.0
     assert run_c.steps == 2 and run_c.samples == 3  # 3 images x 1 view / batch 2: a full batch and a single
     state = torch.load(run_c.last, map_location="cpu", weights_only=True)
-    assert state["epoch"] == 1 and state["config"]["views"] == 1 and state["model_name"] == "litemedsam"
+    assert state["epoch"] == 1 and state["spec"]["views"] == 1 and state["model_name"] == "litemedsam"
     assert state["model"] and not any(k.startswith("image_encoder.") for k in state["model"])
     assert any(k.startswith("mask_decoder.") for k in state["model"])
     assert not list(run_c.out.glob("*.tmp"))  # atomic writes leave no temporaries
@@ -63,17 +72,19 @@ def test_one_epoch_decoder_finetune(run_c):
 def test_resume_equals_uninterrupted(run_a, run_c, data, cache, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(run_c.out, out)  # leave run_c's folder as it was for the other tests
-    resumed = train_arrays(config(out, epochs=2), *data, cache=cache, resume=True)
+    resumed = train(config(epochs=2), data, out, cache=cache, resume=True)
     assert resumed.resumed_from == 1 and resumed.steps == 2
     assert resumed.train_loss == run_a.train_loss
     assert resumed.val_dice == run_a.val_dice
     a = torch.load(run_a.last, weights_only=True)["model"]
     b = torch.load(resumed.last, weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    again = train_arrays(config(out, epochs=2), *data, cache=cache, resume=True)
+    again = train(config(epochs=2), data, out, cache=cache, resume=True)
     assert again.steps == 0 and again.train_loss == run_a.train_loss  # finished runs are not redone
     with pytest.raises(ValueError, match="lr"):
-        train_arrays(config(out, epochs=3, lr=1e-3), *data, cache=cache, resume=True)
+        train(config(epochs=3, lr=1e-3), data, out, cache=cache, resume=True)
+    with pytest.raises(ValueError, match="data key"):  # other images than the spec names
+        train(config(epochs=2), (data[0][:2], data[1]), out, cache=cache, resume=True)
 
 
 def test_same_seed_same_losses_and_dice(run_a, run_c):
@@ -136,8 +147,8 @@ def test_cache_encodes_each_view_once(data, monkeypatch, tmp_path):
     train, val = data[0][:1], data[1][:1]
     disk = tmp_path / "emb"
     first = EmbeddingCache("litemedsam", root=disk)
-    cfg = config(tmp_path / "r1", epochs=2, policy=flip, views=2, click_fraction=0.0, batch_size=4)
-    r = train_arrays(cfg, train, val, cache=first)
+    cfg = config(train, val, epochs=2, views=2, click_fraction=0.0, batch_size=4)
+    r = train_arrays(cfg, train, val, tmp_path / "r1", cache=first, policy_fn=flip, progress=False)
     assert r.encoder_calls == len(calls) == 1 * 2 + 1  # every view and val image once, not once per epoch
     assert len(set(calls)) == len(calls) and r.steps == 2 and len(first) == 3
     views = build_views(train, flip, 2, seed=0) + build_views(val, "none", 1)
@@ -219,19 +230,20 @@ def test_lowres_target_keeps_tiny_targets_and_marks_padding():
 
 
 def test_full_mode_draws_fresh_views_each_epoch(data):
-    cfg = TrainConfig(mode="full", policy="sas", views=2, seed=0)
+    cfg = config(mode="full", arm="sas", views=2, seed=0)
     one, two = epoch_views(cfg, data[0], 1), epoch_views(cfg, data[0], 2)
     assert [v.key for v in one if v.view == 0] == [v.key for v in two if v.view == 0]  # originals kept
     assert [v.key for v in one if v.view] != [v.key for v in two if v.view]  # augmented views redrawn
-    cfg = TrainConfig(mode="decoder", policy="sas", views=2, seed=0)  # decoder mode: the same cached views
+    cfg = config(mode="decoder", arm="sas", views=2, seed=0)  # decoder mode: the same cached views
     assert [v.key for v in epoch_views(cfg, data[0], 1)] == [v.key for v in epoch_views(cfg, data[0], 2)]
 
 
 def test_bf16_training_and_evaluation_share_one_precision(data, tmp_path):
-    cfg = config(tmp_path / "bf16", precision="bf16", click_fraction=0.0)
+    cfg = config(precision="bf16", click_fraction=0.0)
     with pytest.raises(ValueError, match="fp32"):  # an fp32 cache cannot serve a bf16 run
-        train_arrays(cfg, *data, cache=EmbeddingCache("litemedsam", precision="fp32"))
-    result = train_arrays(cfg, data[0][:2], data[1], cache=EmbeddingCache("litemedsam", precision="bf16"))
+        train(cfg, data, tmp_path / "bf16", cache=EmbeddingCache("litemedsam", precision="fp32"))
+    cfg = config(data[0][:2], precision="bf16", click_fraction=0.0)
+    result = train(cfg, (data[0][:2], data[1]), tmp_path / "bf16b", cache=EmbeddingCache("litemedsam", precision="bf16"))
     assert result.precision == "bf16" and np.isfinite(result.train_loss[0]) and result.samples == 2
 
 

@@ -19,6 +19,15 @@ def register(sub) -> None:
     rep.add_argument("--sas-params", default=None, help="JSON written by `sas-kit sweep` (default: kit defaults)")
     rep.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                      help="encoder/decoder precision (auto: bf16 where the device computes it natively)")
+    rep.add_argument("--workers", type=int, default=0,
+                     help="spread the independent runs over N worker processes of a local Dask cluster that the kit "
+                          "starts and stops (default 0: one after another in this process)")
+    rep.add_argument("--cluster", default=None,
+                     help="run on an existing Dask scheduler (tcp://HOST:PORT) or on SLURM jobs (slurm; --workers "
+                          "jobs, dask-jobqueue's jobqueue.slurm config)")
+    rep.add_argument("--threads", type=int, default=None,
+                     help="torch threads per run (default: torch's choice serially, cores // workers with --workers); "
+                          "float results depend on it, not on how the runs are spread")
     rep.add_argument("--readme", help="also write the endpoints into this README's results section")
     rep.add_argument("--readme-marker", default="results", help="README section marker (results, controls, ...)")
     rep.set_defaults(func=run)
@@ -38,14 +47,16 @@ def _arms(text: str) -> tuple[str, ...]:
 
 
 def run(args) -> int:
+    from sas_kit.data.download import DataUnavailable
     from sas_kit.report.reproduce import run_protocol
 
     start = time.perf_counter()
     try:
         summary = run_protocol(profile=args.profile, model=args.model, out=args.out, datasets_mode=args.data,
                                arms=_arms(args.arms), sas_params=args.sas_params,
-                               precision=None if args.precision == "auto" else args.precision)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+                               precision=None if args.precision == "auto" else args.precision,
+                               workers=args.workers, cluster=args.cluster, threads=args.threads)
+    except (ValueError, KeyError, FileNotFoundError, DataUnavailable) as error:
         print(f"reproduce: {error}", file=sys.stderr)
         return 2
     print(summary.read_text())

@@ -127,18 +127,29 @@ class EmbeddingCache:
         return key in self._store or bool(self.root and (self.root / f"{key}.pt").exists())
 
     def _load(self, key: str) -> tuple[torch.Tensor, dict] | None:
+        """The entry ``<root>/<key>.pt`` or None. Entries are written whole by one rename
+        (:func:`sas_kit.files.torch_save`), so concurrent writers of a key never leave a corrupt one: a file
+        that does not load is genuinely damaged (or foreign) and raises. Stray ``*.tmp`` files of killed
+        writers are never read (they are not ``<key>.pt``)."""
         path = self.root / f"{key}.pt" if self.root else None
-        if path is None or not path.exists():
+        if path is None:
             return None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if obj.get("model") != self.model or obj.get("precision", self.precision) != self.precision:
                 raise ValueError(f"made for {obj.get('model')}/{obj.get('precision')}")
             return obj["embedding"], obj["meta"]
+        except FileNotFoundError:  # not written (yet): found by opening it, not by a racy exists()
+            return None
         except Exception as err:  # a truncated or foreign file: say so and re-encode
             raise ValueError(f"embedding cache file {path} is unreadable ({err}); delete it to re-encode") from err
 
     def _save(self, key: str, embedding: torch.Tensor, meta: dict) -> None:
+        """Write ``<root>/<key>.pt`` atomically (safe with many threads and processes: the last rename wins and
+        every writer of a key writes the same embedding; not fsynced, to keep fast GPU fills fast). The first
+        save of a process in a folder also removes ``*.tmp`` files that killed writers left there over an
+        hour ago."""
+        files.sweep_temps(self.root)
         files.torch_save(self.root / f"{key}.pt",
                          {"model": self.model, "precision": self.precision, "embedding": embedding, "meta": meta})
 

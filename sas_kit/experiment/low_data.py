@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
 import pandas as pd
 
-from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import bootstrap_ci
-from sas_kit.experiment.protocol import Plan, evaluate_arms, train_arms
-
-CURVE_ARMS = ("none", "sas", "genseg")
+from sas_kit.experiment.protocol import CURVE_ARMS, Plan  # noqa: F401  (CURVE_ARMS re-exported for reports)
 
 
-def curve_sizes(plan: Plan, n_train: int) -> list[int]:
-    """The plan's low-data sizes below ``n_train``, then ``n_train`` itself (the main run's point)."""
-    return sorted({n for n in plan.low_data if 0 < n < n_train} | {n_train})
+def curve_sizes(plan: Plan) -> list[int]:
+    """The curve's training-set sizes: the plan's smaller runs, then the main runs' size."""
+    return sorted({t.spec.train_limit for t in plan.curve_tasks()} | {plan.train_images})
 
 
-def low_data_curve(plan: Plan, train: list, val: list, test: list, cache: EmbeddingCache | None, out: Path,
-                   progress: bool = True, scored: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Fine-tune the curve's arms (those of ``CURVE_ARMS`` in the plan) on the first n training images for each
-    size of :func:`curve_sizes`, first seed only, and score them on the internal ``test`` images.
+def curve_rows(plan: Plan, smaller: pd.DataFrame, main: pd.DataFrame) -> pd.DataFrame:
+    """The curve's per-image rows (column ``n_train``): the smaller runs' scores, and for the full size the main
+    runs' own internal scores of the first seed (the same checkpoints on the same images: not scored twice).
 
-    Every arm sees the same n images, views, epochs and prompts, so steps grow with n as in GenSeg's figure; the
-    GenSeg generator is trained on the same n images for the same epochs (``GenSegParams.epochs``). The full-size
-    point reuses the main run's checkpoints in ``out/runs`` (same settings and images), and its scores too when
-    ``scored`` (the main run's ``evaluate_arms`` rows) has them; the others live in ``out/low_data/n<N>/``.
-    Returns one row per image x prompt x arm x n (column ``n_train``)."""
-    arms = tuple(a for a in CURVE_ARMS if a in plan.arms)
-    sub_plan = replace(plan, arms=arms, seeds=plan.seeds[:1])
-    frames = []
-    for n in curve_sizes(plan, len(train)):
-        if n == len(train) and scored is not None:
-            mine = scored[(scored.dataset == plan.internal) & (scored.seed == plan.seeds[0]) & scored.arm.isin(arms)]
-            if set(mine.arm) == set(arms):  # the main run scored these very checkpoints on these images
-                frames.append(mine.assign(n_train=n))
-                continue
-        where = Path(out) if n == len(train) else Path(out) / "low_data" / f"n{n}"
-        checkpoints, _, _ = train_arms(sub_plan, train[:n], val, cache, where, progress)
-        rows = evaluate_arms(sub_plan, {plan.internal: test}, checkpoints, cache, progress)
-        frames.append(rows.assign(n_train=n))
-    return pd.concat(frames, ignore_index=True)
+    Every arm of a size sees the same n images, views, epochs and prompts, so steps grow with n as in GenSeg's
+    figure; the GenSeg generator is trained on the same n images for the same epochs (``GenSegParams.epochs``)."""
+    arms = [a for a in CURVE_ARMS if a in plan.arms]
+    full = main[(main.dataset == plan.internal) & (main.seed == plan.seeds[0]) & main.arm.isin(arms)]
+    return pd.concat([smaller, full.assign(n_train=plan.train_images)], ignore_index=True)
 
 
 def curve_table(per_image: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from sas_kit import config
 from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import evaluate
-from sas_kit.experiment.protocol import arm_config, make_plan
-from sas_kit.experiment.train import load_samples, train_arrays
-from sas_kit.models import precision as policy
+from sas_kit.experiment.executor import train_task
+from sas_kit.experiment.protocol import make_plan
+from sas_kit.experiment.run import load_samples
 from sas_kit.models import registry
 
 GRID = {"scale_range": [(0.15, 1.0), (0.4, 1.0)],
@@ -26,26 +25,24 @@ def grid_points(grid: dict = GRID) -> list[dict]:
 
 def run_sweep(profile: str = "cpu", model: str = "litemedsam", out: str | Path = "runs/sweep", epochs: int | None = None,
               val_limit: int | None = None, progress: bool = True, datasets_mode: str = "auto") -> Path:
-    """Train SAS (seed 0, the profile's views and batch) per grid point, score the mean of box and 2-click Dice on
-    the internal val split, write sweep.csv and sas_params.json (the best point, for ``reproduce --sas-params``).
-    No test split is read. Returns the JSON path."""
-    plan = make_plan(profile, model, datasets_mode, arms=("sas",))
-    if epochs is not None:
-        plan.epochs = epochs
-    plan.precision = policy.resolve(plan.precision, config.device())
+    """Train SAS (seed 0, the profile's views and batch, no val images during training) per grid point, score the
+    mean of box and 2-click Dice on the internal val split, write sweep.csv and sas_params.json (the best point, for
+    ``reproduce --sas-params``). No test split is read. Returns the JSON path."""
+    points = grid_points()
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    plans = [make_plan(profile, model, datasets_mode, arms=("sas",), seeds=(0,), sas_params=params, select="last",
+                       **overrides) for params in points]  # every point checked before the first trains
+    specs = [plan.main_tasks()[0].spec for plan in plans]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(plan.model, root=True, precision=plan.precision)
-    train = load_samples(plan.internal, "train", plan.train_limit)
-    val = load_samples(plan.internal, "val", val_limit)
+    val = load_samples(specs[0].data, "val", val_limit)
     items = [(image, mask, {"index": i}) for i, (image, mask) in enumerate(val)]
+    cache = EmbeddingCache(specs[0].model, root=True, precision=specs[0].precision, device=specs[0].device)
     rows = []
-    for k, params in enumerate(grid_points()):
-        plan.sas_params = params
-        cfg = arm_config(plan, "sas", 0, out / f"p{k}", progress)
-        result = train_arrays(cfg, train, [], cache=cache)
-        sam = registry.load_model(plan.model, checkpoint=result.best, device=config.device())
-        scores = evaluate(sam, plan.model, items, ("box", "2click"), progress=False, embeddings=cache)
+    for k, (params, spec) in enumerate(zip(points, specs)):
+        folder = out / f"p{k}"
+        train_task(spec, folder, progress)
+        sam = registry.load_model(spec.model, checkpoint=folder / "best.pt", device=spec.device)
+        scores = evaluate(sam, spec.model, items, ("box", "2click"), progress=False, embeddings=cache)
         means = scores.groupby("prompt")["dice"].mean()
         rows.append({"scale_range": str(params["scale_range"]), "noise_models": "+".join(params["noise_models"]),
                      "val_box_dice": means["box"], "val_2click_dice": means["2click"], "score": float(means.mean()),
@@ -55,7 +52,7 @@ def run_sweep(profile: str = "cpu", model: str = "litemedsam", out: str | Path =
     best = table.sort_values("score", ascending=False).iloc[0]
     path = out / "sas_params.json"
     path.write_text(json.dumps({"params": json.loads(best["params"]), "score": float(best["score"]),
-                                "scored_on": f"{plan.internal} val split ({int(best['n_val'])} images), seed 0",
-                                "profile": profile, "model": model, "epochs": plan.epochs,
+                                "scored_on": f"{specs[0].data} val split ({int(best['n_val'])} images), seed 0",
+                                "profile": profile, "model": model, "epochs": specs[0].epochs,
                                 "table": json.loads(table.drop(columns="params").to_json(orient="records"))}, indent=1))
     return path

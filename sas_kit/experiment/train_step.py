@@ -59,14 +59,16 @@ class Prompt:
         return ("box",) if self.box is not None else ("clicks", len(self.points), self.mask_input is not None)
 
 
-def draw_prompts(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray], rng: np.random.Generator,
-                 click_fraction: float, max_clicks: int, box_jitter: float) -> list[tuple[Prompt, np.ndarray, np.ndarray]]:
+def draw_prompts(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray], rng, click_fraction: float, max_clicks: int, box_jitter: float) -> list[tuple[Prompt, np.ndarray, np.ndarray]]:
     """For each view: pick one connected part of its mask (the others are prompted separately at evaluation and
     are not errors) and prompt it by a jittered box, or (share ``click_fraction``) by 1..``max_clicks`` clicks:
     the clicks before the last come from a no-grad :func:`segment.click_sessions` (each on the error of the
-    previous prediction, logits fed back), exactly as evaluation places them. Returns (prompt, part, others)."""
+    previous prediction, logits fed back), exactly as evaluation places them. ``rng``: one generator drawn from
+    view after view, or a list of one generator per view (a view's prompt then does not depend on the other views
+    of the batch: data-parallel ranks). Returns (prompt, part, others)."""
     drawn, sessions_for = [], []
-    for mask in masks:
+    streams = list(rng) if isinstance(rng, (list, tuple)) else [rng] * len(masks)
+    for mask, rng in zip(masks, streams):
         parts = prompts.components(mask)
         target = parts[int(rng.integers(len(parts)))] if len(parts) > 1 else np.asarray(mask, bool)
         others = np.asarray(mask, bool) & ~target
@@ -114,7 +116,7 @@ def decode_prompts(sam, pairs: Sequence[tuple], batch: Sequence[Prompt]) -> list
     return out
 
 
-def step_loss(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray], rng: np.random.Generator,
+def step_loss(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray], rng,
               click_fraction: float = 0.5, max_clicks: int = 3, box_jitter: float = 0.05) -> torch.Tensor:
     """Mean Dice + BCE over one batch of views: ``pairs`` (embedding 1x256x64x64, meta) and their masks.
     The loss is taken on the low-res logits against :func:`lowres_target` (MedSAM's training does the same),

@@ -1,61 +1,84 @@
-"""``run_protocol``: the experiment stage's plan, training and scoring, then this stage's report files."""
+"""``run_protocol``: a finished plan, its runs (serial or on workers), then this stage's report files."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
-from sas_kit import config
-from sas_kit.experiment.embed_cache import EmbeddingCache
-from sas_kit.experiment.low_data import low_data_curve
-from sas_kit.experiment.protocol import evaluate_arms, example_panels, make_plan, test_pools, train_arms
-from sas_kit.experiment.train import load_samples
-from sas_kit.models import precision as policy
+from sas_kit.data import datasets
+from sas_kit.experiment import executor
+from sas_kit.experiment.low_data import curve_rows
+from sas_kit.experiment.protocol import Plan, load_tests, make_plan
 from sas_kit.report import tables
 
 
 def run_protocol(profile: str = "quick", model: str = "litemedsam", out: str | Path = "runs/reproduce",
-                 datasets_mode: str = "auto", progress: bool = True, arms=None, sas_params=None,
-                 **overrides) -> Path:
-    """Run the whole protocol; write results.csv, gains.csv, sizebins.csv, training.csv, per_image.csv,
-    plan.json, summary.md and figures into ``out`` (with the genseg arm also low_data.csv, low_data_table.csv and
-    low_data.png); return the path of summary.md."""
+                 datasets_mode: str = "auto", progress: bool = True, arms=None, sas_params=None, workers: int = 0,
+                 cluster: str | None = None, threads: int | None = None, **overrides) -> Path:
+    """Plan (:func:`make_plan`; every setting checked before anything trains), run and report the protocol;
+    return the path of summary.md."""
     start = time.perf_counter()
     plan = make_plan(profile, model, datasets_mode, arms=arms, sas_params=sas_params, **overrides)
-    plan.precision = policy.resolve(plan.precision, config.device())
+    return run_and_report(plan, out, workers, cluster, progress, threads, plan_s=time.perf_counter() - start)
+
+
+def run_and_report(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None = None, progress: bool = True,
+                   threads: int | None = None, plan_s: float = 0.0) -> Path:
+    """Run ``plan``'s tasks into ``out/runs`` (:func:`executor.run_plan`), then write results.csv, gains.csv,
+    sizebins.csv, training.csv, per_image.csv, plan.json, summary.md and figures into ``out`` (with the genseg arm
+    also low_data.csv, low_data_table.csv and low_data.png), all read back from the run folders."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(plan.model, root=True, precision=plan.precision) if plan.mode == "decoder" else None
-    timings = {}
     t0 = time.perf_counter()
-    train = load_samples(plan.internal, "train", plan.train_limit)
-    val = load_samples(plan.internal, "val", plan.eval_limit) if plan.select == "best" else []
-    tests, empty = test_pools(plan)
-    timings["load_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    checkpoints, history, samples = train_arms(plan, train, val, cache, out, progress)
-    timings["train_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    per_image = evaluate_arms(plan, tests, checkpoints, cache, progress)
-    timings["evaluate_s"] = time.perf_counter() - t0
-    curve = None
-    if "genseg" in plan.arms and plan.low_data:  # GenSeg's own figure: Dice vs number of real training images
-        t0 = time.perf_counter()
-        curve = low_data_curve(plan, train, val, tests[plan.internal], cache, out, progress, scored=per_image)
-        timings["low_data_s"] = time.perf_counter() - t0
-    timings["encoder_calls"] = cache.encoder_calls if cache else None
-    timings["total_s"] = time.perf_counter() - start
+    records = executor.run_plan(plan, out, workers=workers, cluster=cluster, progress=progress, threads=threads)
+    for r in records:
+        if r["reused"] and progress:
+            print(f"reused {r['name']}: {r['reused']}")
+    runs_s = time.perf_counter() - t0
+    per_image = executor.collect(plan, out)
+    history = executor.history(plan, out)
+    curve = curve_rows(plan, executor.collect(plan, out, curve=True), per_image) if plan.curve_tasks() else None
+    main = [r for r in records if not r["curve"]]
+    timings = {"load_s": plan_s, "runs_wall_s": runs_s, "workers": workers or (cluster and "cluster") or 0, "threads": records[0]["threads"] if records else None,
+               "train_s": sum(r["train_s"] for r in main), "evaluate_s": sum(r["score_s"] for r in main),
+               "low_data_s": sum(r["train_s"] + r["score_s"] for r in records if r["curve"]),
+               "encoder_calls": sum(r["encoder_calls"] for r in records)}
+    timings["total_s"] = plan_s + runs_s
     per_image.to_csv(out / "per_image.csv", index=False)
-    pd.DataFrame(history).to_csv(out / "training.csv", index=False)
-    n_test = {name: int(per_image[per_image.dataset == name].id.nunique()) for name in tests}
-    record = {**asdict(plan), "train_images": len(train),
-              "samples_per_arm_seed": min(samples.values()) if samples else 0,
-              "n_test": n_test, "empty_left_out": empty, "timings": timings}
+    history.to_csv(out / "training.csv", index=False)
+    samples = [r["samples"] for r in main if r["arm"] != "zero_shot"]
+    record = {**plan.record(), "samples_per_arm_seed": min(samples) if samples else 0,
+              "n_test": {name: int(per_image[per_image.dataset == name].id.nunique()) for name in plan.tests},
+              "empty_left_out": plan.empty, "timings": timings}
     (out / "plan.json").write_text(json.dumps(record, indent=1))
-    panels = example_panels(plan, tests, checkpoints, cache)
-    return tables.write_report(out, plan, per_image, pd.DataFrame(history), record, panels, curve)
+    return tables.write_report(out, plan, per_image, history, record, example_panels(plan, out), curve)
+
+
+def example_panels(plan: Plan, out: str | Path, n: int = 4) -> list[tuple]:
+    """Box-prompt predictions of zero-shot, none and SAS (first seed) on the smallest test targets."""
+    from sas_kit.experiment.embed_cache import EmbeddingCache
+    from sas_kit.models import precision as policy
+    from sas_kit.models import registry, segment
+
+    tasks = {t.spec.arm: t for t in plan.main_tasks() if t.spec.seed == plan.seeds[0]}
+    arms = [a for a in ("zero_shot", "none", "sas") if a in tasks]
+    examples = load_tests(plan.tests, plan.internal)
+    picks = sorted(((ex["area_fraction"], name, ex) for name, items in examples.items() for ex in items),
+                   key=lambda t: t[0])[:n]
+    sams = {arm: registry.load_model(plan.model, device=plan.device, checkpoint=executor.run_folder(
+        out, tasks[arm].spec) / "best.pt" if tasks[arm].spec.trains else None) for arm in arms}
+    cache = EmbeddingCache(plan.model, root=True, precision=plan.precision, device=plan.device)
+    spec = registry.get_spec(plan.model)
+    panels = []
+    for area, name, example in picks:
+        image, gt = datasets.to_arrays(example)
+        preds = {}
+        for arm, sam in sams.items():
+            full = plan.mode == "full" and arm != "zero_shot"  # a fine-tuned encoder: encode afresh
+            emb, meta = (registry.encode(sam, spec, image, precision=plan.precision) if full
+                         else cache.get(sam, spec, image, device=sam.device))
+            with policy.decoder(sam.device, plan.precision):
+                preds[arm] = segment.predict(sam, spec, image, gt, "box", embedding=emb, meta=meta)
+        panels.append((f"{name} {100 * area:.1f}%", image, gt, preds))
+    return panels

@@ -132,8 +132,9 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           "Prompts are simulated per connected component (one box / click session per part, union of the "
           "predictions). CIs: bootstrap over seeds and images together; USGRA nerve and vessel are one cluster.",
           f"SAS parameters: {plan.sas_params or 'kit defaults'} — {plan.sas_params_source}.",
-          f"Wall time: {t['total_s']:.0f} s (data {t['load_s']:.0f} s, training {t['train_s']:.0f} s, evaluation "
-          f"{t['evaluate_s']:.0f} s); image-encoder calls: {t['encoder_calls']}.",
+          f"Wall time: {t['total_s']:.0f} s (plan and data {t['load_s']:.0f} s, runs {t['runs_wall_s']:.0f} s on "
+          f"{t['workers'] or 'no'} worker(s); summed over runs: training {t['train_s']:.0f} s, evaluation "
+          f"{t['evaluate_s']:.0f} s); training image-encoder calls: {t['encoder_calls']}.",
           "", "## What the numbers say (endpoints fixed in docs/protocol.md before the run)", "", *verdict(gains), "",
           "## Primary and secondary endpoints (paired, 95% CI over seeds and images)", "",
           _table(gains[gains.kind != "exploratory"][cols]), "",
