@@ -202,3 +202,44 @@ def test_shard_covers_every_index_once(n, world):
         merged = sorted(int(v) for part in parts for v in part)
         assert merged == sorted(int(v) for v in batch)
         assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+@pytest.mark.slow
+def test_full_mode_training_on_two_ranks_follows_one_process(tmp_path):
+    """The kit's own full-mode training (LiteMedSAM, phantom, fp32, 2 steps of a global batch of 2 views): two gloo
+    ranks under torchrun against one process, both on one thread. Tolerance: 1e-4 relative on the epoch losses, and
+    the mean weight difference under 2 % of the mean distance the weights moved — one process encodes the 2 views in
+    one batched pass, each rank one view, and the gradient sums add in another order, so the floats agree to
+    rounding, not to the bit; AdamW's first steps are close to lr x sign(gradient), so a near-zero gradient entry
+    that rounds to the other sign moves its weight the other way, and an element-wise maximum would measure that,
+    not the training."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {k: v for k, v in os.environ.items() if k not in ("SAS_KIT_MIRROR", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(SAS_KIT_DATA_DIR=str(tmp_path / "data"), OMP_NUM_THREADS="1")
+    args = ["-m", "sas_kit", "train", "--data", "phantom", "--mode", "full", "--epochs", "2", "--limit", "2",
+            "--val-limit", "1", "--views", "1", "--batch-size", "2", "--precision", "fp32", "--device", "cpu",
+            "--no-disk-cache"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout and "1 process(es)" in one.stdout
+    a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert a["history"]["train_loss"] == pytest.approx(b["history"]["train_loss"], rel=1e-4)
+    assert a["history"]["samples"] == b["history"]["samples"] == 4
+    assert any(k.startswith("image_encoder.") for k in a["model"])
+    from sas_kit.models import registry
+
+    base = registry.load_model("litemedsam").state_dict()
+    keys = list(a["model"])
+    apart = torch.cat([(a["model"][k] - b["model"][k]).abs().flatten() for k in keys]).mean()
+    moved = torch.cat([(a["model"][k] - base[k]).abs().flatten() for k in keys]).mean()
+    print(f"mean |one - two| {float(apart):.3g}, mean |one - base| {float(moved):.3g}")
+    assert apart < 0.02 * moved, (float(apart), float(moved))  # the two runs took the same steps

@@ -49,13 +49,18 @@ def run(args) -> int:
     try:
         device = config.device(args.device)
         sam = registry.load_model(args.model, checkpoint=args.checkpoint, device=device)
+        trained = checkpoint_spec(args.checkpoint)
+        precision = policy.resolve(None if args.precision == "auto" else args.precision, device)
+        if args.precision == "auto" and trained.get("precision"):
+            precision = trained["precision"]  # score in the precision the checkpoint was trained in
         splits = datasets.SPLITS if args.split == "all" else (args.split,)
         data = [ex for split in splits for ex in datasets.load(args.data, split=split)]
         data = data[:args.limit] if args.limit is not None else data
-        cache = EmbeddingCache(args.model, root=True, device=device,
-                               precision=policy.resolve(None if args.precision == "auto" else args.precision, device))
+        # cached embeddings are the base encoder's: not for a checkpoint whose encoder was fine-tuned (full mode)
+        cache = (None if trained.get("mode") == "full"
+                 else EmbeddingCache(args.model, root=True, device=device, precision=precision))
         df = evaluate(sam, args.model, data, prompts, seed=args.seed, per_component=not args.whole,
-                      jitter=args.jitter, progress=not args.json, embeddings=cache)
+                      jitter=args.jitter, progress=not args.json, embeddings=cache, precision=precision)
     except (ValueError, KeyError, FileNotFoundError) as error:
         print(f"evaluate: {error}", file=sys.stderr)
         return 2
@@ -71,7 +76,7 @@ def run(args) -> int:
                   "ci_low": None if row is None else round(float(row["ci_low"]), 4),
                   "ci_high": None if row is None else round(float(row["ci_high"]), 4),
                   "iou_mean": None if row is None else round(float(row["iou_mean"]), 4),
-                  "per_component": not args.whole, "checkpoint": args.checkpoint, "precision": cache.precision,
+                  "per_component": not args.whole, "checkpoint": args.checkpoint, "precision": precision,
                   "wall_s": round(wall, 1)}
         if args.json:
             print(json.dumps(result))
@@ -83,6 +88,24 @@ def run(args) -> int:
                   f"n={result['n']} (skipped empty: {result['skipped_empty']}; "
                   f"{'per part' if not args.whole else 'whole target'})")
     return 0
+
+
+def checkpoint_spec(path: str | None) -> dict:
+    """The run spec stored in a checkpoint of ``sas-kit train`` / ``reproduce`` ({} without one), read with
+    weights_only=True; a checkpoint holding encoder weights counts as full mode."""
+    if path is None:
+        return {}
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # load_model has read it already; say which file if this read fails
+        raise ValueError(f"could not read checkpoint {path}: {err}") from err
+    spec = dict(state.get("spec", {})) if isinstance(state, dict) else {}
+    weights = state.get("model", state) if isinstance(state, dict) else {}
+    if any(str(k).startswith("image_encoder.") for k in weights):
+        spec["mode"] = "full"
+    return spec
 
 
 def main(argv: list[str] | None = None) -> int:

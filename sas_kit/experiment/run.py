@@ -132,7 +132,10 @@ class RunSpec:
         from sas_kit.models import precision as policy
         from sas_kit.models import registry
 
-        registry.get_spec(model)  # an unknown model name fails here, not in a worker
+        try:
+            registry.get_spec(model)  # an unknown model name fails here, not in a worker
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
         device = config.device(device)
         mode = settings.get("mode", "decoder")
         if mode not in MODES:
