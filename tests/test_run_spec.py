@@ -183,3 +183,39 @@ def test_a_killed_grid_resumes_to_the_same_results(serial_run, grid_env):
     assert "finished run, same key" in again.stdout  # the none run was not trained again
     a, b = pd.read_csv(serial_run / "per_image.csv"), pd.read_csv(out / "per_image.csv")
     assert len(a) == len(b) > 0 and (a.dice - b.dice).abs().max() <= 1e-6
+
+
+def test_slurm_route_asks_one_gpu_per_job():
+    pytest.importorskip("dask_jobqueue")
+    cluster = executor.slurm_cluster(gpu=True)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "--gres=gpu:1" in script and "--resources GPU=1" in script
+
+
+def test_check_gpu_says_so_without_cuda(capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run `sas-kit check-gpu` itself")
+    from sas_kit.cli import main
+
+    assert main(["check-gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "Traceback" not in err
+
+
+def test_workers_without_dask_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_dask(name, *a, **k):
+        if name.startswith("distributed"):
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_dask)
+    with pytest.raises(ValueError, match=r"sas-kit\[cluster\]"):
+        with executor.dask_client(2, None):
+            pass

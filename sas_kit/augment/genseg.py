@@ -266,7 +266,6 @@ def load_or_train(samples: Sequence[tuple], params: GenSegParams = GenSegParams(
                           RuntimeWarning, stacklevel=2)
     generator = train_generator(samples, params, seed, progress=progress)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    files.sweep_temps(root)  # stray temporaries of writers killed over an hour ago
     files.torch_save(path, {"key": key, "version": VERSION, "seed": int(seed), "params": _params_json(params),
                             "state_dict": state}, durable=True)  # atomic; trainers of one key write equal files
     return generator, {"key": key, "cached": False, "seconds": time.perf_counter() - start, "path": str(path),

@@ -1,4 +1,4 @@
-"""``sas-kit bench augment|train|encoder|memory``: benchmarks that print tables (speed goals live here, not in tests)."""
+"""``sas-kit bench augment|train|encoder|memory|grid``: benchmarks that print tables (speed goals live here, not in tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["augment", "train", "encoder", "memory"], help="what to benchmark")
+    bench.add_argument("what", choices=["augment", "train", "encoder", "memory", "grid"], help="what to benchmark")
     bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
     bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
@@ -16,6 +16,7 @@ def register(sub) -> None:
     bench.add_argument("--notebooks", nargs="*", default=None,
                        help="`bench memory`: notebook name prefixes, e.g. 02 03 (default: all)")
     bench.add_argument("--no-demo", action="store_true", help="`bench memory`: skip `sas-kit demo`")
+    bench.add_argument("--workers", type=int, default=2, help="`bench grid`: local Dask workers (default 2)")
     bench.set_defaults(func=run)
 
 
@@ -49,6 +50,8 @@ def run(args) -> int:
         kwargs["model"] = args.model
     if args.what == "memory":
         kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
+    if args.what == "grid":
+        kwargs = {"workers": args.workers}
     try:
         rows = bench(**kwargs)
     except ValueError as error:
