@@ -13,7 +13,8 @@ import torch
 from sas_kit import config
 from sas_kit.data.phantom import PhantomSpec, make_phantom
 from sas_kit.experiment.embed_cache import EmbeddingCache, build_views
-from sas_kit.experiment.train import TrainConfig, flush_denormals, make_optimizer, trainable_parameters
+from sas_kit.experiment.run import RunSpec
+from sas_kit.experiment.train import flush_denormals, make_optimizer, trainable_parameters
 from sas_kit.experiment.train_step import dice_bce_loss, step_loss
 from sas_kit.models import precision as policy
 from sas_kit.models import registry
@@ -103,7 +104,7 @@ def bench_train(model: str = "litemedsam", n: int = 6, batch_size: int = 8, devi
         _sync(device)
         rows.append(_row(f"encode {precision}", device, 1, len(views) - 1, time.perf_counter() - t))
     rows[1]["speedup"] = round(rows[0]["seconds"] / rows[1]["seconds"], 2)
-    cfg = TrainConfig(model=model, batch_size=batch_size, progress=False, device=device)
+    cfg = RunSpec.build(model=model, batch_size=batch_size, device=device, data_key="bench")  # lr, weight decay
     prec = policy.resolve(None, device)
 
     def epoch(loss_fn) -> tuple[float, float]:
