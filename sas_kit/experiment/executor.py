@@ -65,7 +65,7 @@ def train_task(spec: RunSpec, folder: Path, progress: bool = True) -> dict:
         if record.get("key") == spec.key:
             return {**record, "reused": f"finished run, same key {spec.key} (settings, training images "
                                         f"{spec.data_key[:8]}, training code {spec.code})", "steps": 0}
-    files.write_text(folder / "spec.json", spec.to_json())
+    files.write_text(folder / "spec.json", spec.to_json())  # what the folder holds, before anything else
     result = train(spec, folder, resume=True, progress=progress)
     record = {"key": spec.key, "name": spec.name, **json.loads(json.dumps(asdict(result), default=str))}
     files.write_text(done, json.dumps(record, indent=1))
@@ -109,8 +109,11 @@ def run_task(task: Task, tests: dict, internal: str, out: str | Path, progress: 
     _pick_gpu(task.spec)
     start = time.perf_counter()
     folder = run_folder(out, task.spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    trained = train_task(task.spec, folder, progress) if task.spec.trains else {"steps": 0, "reused": ""}
+    if task.spec.trains:
+        trained = train_task(task.spec, folder, progress)
+    else:
+        files.write_text(folder / "spec.json", task.spec.to_json())
+        trained = {"steps": 0, "reused": ""}
     t_train = time.perf_counter() - start
     score_task(task, tests, internal, out, progress)
     return {"name": task.spec.name, "arm": task.spec.arm, "seed": task.spec.seed, "curve": task.curve,

@@ -1,10 +1,19 @@
-"""Pre-registered endpoints of a reproduction and their CIs from a bootstrap over seeds and images together."""
+"""Pre-registered endpoints of a reproduction (gains.csv) and their 95 % CIs.
+
+Since amendment v2 of docs/protocol.md the CIs come from a two-stage t interval that holds seed variance (a seed
+is one training run) and acquisition-group variance (frames of one recording, images of one subject or patient
+move together): :mod:`sas_kit.experiment.intervals`. The v1 percentile bootstrap over seeds and images is kept
+(``method="v1"``, :func:`clustered_mean`) to reproduce v1 numbers."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
+from scipy import stats as st
 
+from sas_kit.experiment import intervals
 from sas_kit.experiment.evaluate import SIZE_BINS, size_bin
 from sas_kit.models.prompts import PROMPTS
 
@@ -18,124 +27,177 @@ def cluster_of(dataset: str) -> str:
 
 
 def _matrix(per_image: pd.DataFrame, arm: str, ref: str, prompt: str, ref_prompt: str | None = None) -> pd.DataFrame:
-    """Per (dataset, id) x seed: Dice of ``arm`` at ``prompt`` minus Dice of ``ref`` at ``ref_prompt`` (same
-    seed; a reference with one seed only, such as zero_shot, is broadcast to every seed)."""
+    """Per (dataset, id, group) x seed: Dice of ``arm`` at ``prompt`` minus Dice of ``ref`` at ``ref_prompt`` (same
+    seed; a reference with one seed only, such as zero_shot, is broadcast to every seed). ``group`` is the
+    acquisition group of the image (recording, subject, patient: the prepared datasets' ``group`` field) when
+    per_image has a ``group`` column, and the image id where it has none or the value is missing."""
     ref_prompt = ref_prompt or prompt
     a = per_image[(per_image.arm == arm) & (per_image.prompt == prompt)]
     b = per_image[(per_image.arm == ref) & (per_image.prompt == ref_prompt)]
     if a.empty or b.empty:
         return pd.DataFrame()
-    a = a.pivot_table(index=["dataset", "id"], columns="seed", values="dice")
-    b = b.pivot_table(index=["dataset", "id"], columns="seed", values="dice")
+    a, b = with_group(a), with_group(b)
+    a = a.pivot_table(index=["dataset", "id", "group"], columns="seed", values="dice")
+    b = b.pivot_table(index=["dataset", "id", "group"], columns="seed", values="dice")
     if b.shape[1] == 1 and a.shape[1] > 1:
         b = pd.DataFrame({s: b.iloc[:, 0] for s in a.columns})
     seeds = [s for s in a.columns if s in b.columns]
     return (a[seeds] - b[seeds]).dropna()
 
 
-def clustered_mean(diff: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05,
-                   by_dataset: bool = True) -> tuple[float, float, float, int, int]:
-    """(estimate, low, high, n images, n seeds) of the mean gain in ``diff`` (rows (dataset, id), columns seeds).
+def with_group(per_image: pd.DataFrame) -> pd.DataFrame:
+    """``per_image`` with a string ``group`` column: its own where present and non-empty, else the image id
+    (datasets without acquisition groups — BUSI, USGRA — and per_image files written before groups were kept)."""
+    ids = per_image["id"].astype(str)
+    if "group" not in per_image.columns:
+        return per_image.assign(group=ids)
+    g = per_image["group"]
+    missing = g.isna() | (g.astype(str).str.strip() == "")
+    return per_image.assign(group=g.astype(str).where(~missing, ids))
 
-    Estimate: mean over clusters of the mean over their datasets of the mean over images and seeds
-    (``by_dataset``; else every row weighs the same). Each bootstrap replicate resamples the seeds (shared by
-    all datasets: a seed is one training run) and, within each cluster, the image ids (an id drawn in USGRA
-    brings its nerve and its vessel row), so the CI holds seed and image variance together."""
-    if diff.empty:
-        return float("nan"), float("nan"), float("nan"), 0, 0
-    values = diff.to_numpy(dtype=np.float64)
+
+def _layout(diff: pd.DataFrame, by_dataset: bool) -> tuple[intervals.Layout, np.ndarray, np.ndarray, np.ndarray]:
     datasets = diff.index.get_level_values(0).to_numpy().astype(str)
     ids = diff.index.get_level_values(1).to_numpy().astype(str)
-    n_rows, n_seeds = values.shape
-    rng = np.random.default_rng(seed)
-    # weights: replicate 0 is the data itself; replicates 1.. resample ids within clusters and seeds overall
-    weights = np.ones((n_boot + 1, n_rows))
+    groups = (diff.index.get_level_values("group").to_numpy().astype(str) if "group" in diff.index.names else ids)
     clusters = np.array([cluster_of(d) for d in datasets])
-    for c in np.unique(clusters):
-        rows = np.flatnonzero(clusters == c)
-        uniq, unit = np.unique(ids[rows], return_inverse=True)
-        draws = rng.integers(0, len(uniq), (n_boot, len(uniq)))
-        counts = np.zeros((n_boot, len(uniq)))
-        np.add.at(counts, (np.repeat(np.arange(n_boot), len(uniq)), draws.ravel()), 1)
-        weights[1:, rows] = counts[:, unit]
-    seed_w = np.ones((n_boot + 1, n_seeds)) / n_seeds
-    seed_draws = rng.integers(0, n_seeds, (n_boot, n_seeds))
-    seed_w[1:] = np.stack([np.bincount(s, minlength=n_seeds) for s in seed_draws]) / n_seeds
-    per_row = seed_w @ values.T  # (replicates, rows): each row's mean over the drawn seeds
-    if by_dataset:
-        cluster_means = []
-        for c in np.unique(clusters):
-            ds_means = []
-            for d in np.unique(datasets[clusters == c]):
-                m = datasets == d
-                w = weights[:, m]
-                ds_means.append((w * per_row[:, m]).sum(1) / np.maximum(w.sum(1), 1e-12))
-            cluster_means.append(np.mean(ds_means, axis=0))
-        est = np.mean(cluster_means, axis=0)
+    return intervals.make_layout(datasets, clusters, groups, by_dataset), datasets, clusters, ids
+
+
+class GainInterval(NamedTuple):
+    gain: float
+    ci_low: float
+    ci_high: float
+    n_groups: int
+    n_seeds: int
+    se: float
+
+
+def paired_gain_interval(diff: pd.DataFrame, alpha: float = 0.05, by_dataset: bool = True) -> GainInterval:
+    """(gain, ci_low, ci_high, n_groups, n_seeds, se) of the mean paired gain in ``diff`` by method v2
+    (:func:`sas_kit.experiment.intervals.two_stage`: a t interval whose variance is seed variance / S plus the
+    cluster-robust acquisition-group variance; docs/protocol.md, amendment v2).
+
+    ``diff``: rows (dataset, id[, group]) — the ``group`` index level from :func:`_matrix`; without it every image
+    is its own group — columns seeds. Estimate: ``by_dataset`` — mean over clusters (external sets; USGRA nerve
+    and vessel one cluster) of the mean over their datasets of the mean over images and seeds; else every row
+    weighs the same. ``n_groups``: acquisition units, (cluster, group) pairs."""
+    r = _interval(diff, alpha=alpha, by_dataset=by_dataset)
+    return GainInterval(r["gain"], r["ci_low"], r["ci_high"], r["n_groups"], r["n_seeds"], r["se"])
+
+
+def _interval(diff: pd.DataFrame, alpha: float = 0.05, by_dataset: bool = True, method: str = "v2",
+              n_boot: int = N_BOOT) -> dict:
+    if diff.empty:
+        return {"gain": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_images": 0,
+                "n_groups": 0, "n_seeds": 0, "se": float("nan"), "df": float("nan"),
+                "method": intervals.V2 if method == "v2" else intervals.V1}
+    layout, datasets, clusters, ids = _layout(diff, by_dataset)
+    values = diff.to_numpy(dtype=np.float64)
+    if method == "v2":
+        r = intervals.two_stage(values, layout, alpha=alpha)
+        name = intervals.V2 if values.shape[1] > 1 else intervals.V2 + "; 1 seed: no seed variance"
+    elif method == "v1":
+        r = intervals.percentile_bootstrap(values, datasets, clusters, ids, by_dataset=by_dataset, n_boot=n_boot,
+                                           alpha=alpha)
+        name = intervals.V1
     else:
-        est = (weights * per_row).sum(1) / weights.sum(1)
-    lo, hi = np.quantile(est[1:], [alpha / 2, 1 - alpha / 2])
-    return float(est[0]), float(lo), float(hi), int(len(set(zip(datasets, ids)))), n_seeds
+        raise ValueError(f"unknown interval method {method!r} (v2, v1)")
+    return {"gain": float(r["gain"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
+            "n_images": int(len(set(zip(datasets, ids)))), "n_groups": layout.n_units, "n_seeds": values.shape[1],
+            "se": float(r["se"]), "df": float(r["df"]), "method": name}
+
+
+def clustered_mean(diff: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05,
+                   by_dataset: bool = True) -> tuple[float, float, float, int, int]:
+    """Method v1, kept to reproduce v1 numbers: (estimate, low, high, n images, n seeds) by a percentile
+    bootstrap that resamples the seeds and, within each cluster, the image ids (frames of one recording treated
+    as independent; :func:`sas_kit.experiment.intervals.percentile_bootstrap`). Superseded by
+    :func:`paired_gain_interval` (docs/protocol.md, amendment v2): with few seeds it under-covers."""
+    if diff.empty:
+        return float("nan"), float("nan"), float("nan"), 0, 0
+    _, datasets, clusters, ids = _layout(diff, by_dataset)
+    r = intervals.percentile_bootstrap(diff.to_numpy(dtype=np.float64), datasets, clusters, ids,
+                                       by_dataset=by_dataset, n_boot=n_boot, seed=seed, alpha=alpha)
+    return float(r["gain"]), float(r["ci_low"]), float(r["ci_high"]), int(len(set(zip(datasets, ids)))), diff.shape[1]
 
 
 def _row(endpoint: str, kind: str, comparison: str, prompt: str, scope: str, diff: pd.DataFrame, **kw) -> dict:
-    gain, lo, hi, n, s = clustered_mean(diff, **kw)
+    r = _interval(diff, **kw)
     return {"endpoint": endpoint, "kind": kind, "comparison": comparison, "prompt": prompt, "scope": scope,
-            "n_images": n, "n_seeds": s, "gain": gain, "ci_low": lo, "ci_high": hi}
+            "n_images": r["n_images"], "n_seeds": r["n_seeds"], "gain": r["gain"], "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"], "n_groups": r["n_groups"], "se": r["se"], "df": r["df"], "method": r["method"]}
 
 
-def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT, method: str = "v2") -> pd.DataFrame:
     """Every endpoint of docs/protocol.md that the arms present allow, one row each (gains.csv).
 
     primary: external-average paired gain SAS − none at 1 and 2 clicks. secondary: the same at box; box
     forgetting (fine-tuned box − zero-shot box, per external set, arms none and sas); SAS − none by target size
     on external sets (< 1 %, 1–5 %, 5–20 %, > 20 % of the image), the > 20 % rows being the "large organs do not
     lose" check; 2-click − box after SAS (external average). per-dataset: SAS − none per dataset and prompt,
-    controls (classic, stsnet, genseg) − none at the external average: labelled exploratory."""
+    controls (classic, stsnet, genseg) − none at the external average: labelled exploratory.
+
+    CIs: ``method="v2"`` (default, amendment v2) the two-stage t interval of :func:`paired_gain_interval` —
+    acquisition groups from per_image's ``group`` column when it has one, else each image its own group;
+    ``method="v1"`` the v1 percentile bootstrap with ``n_boot`` replicates (``n_boot`` is used by v1 only).
+    Columns: the v1 ones, then ``n_groups``, ``se``, ``df`` (t degrees of freedom) and ``method``."""
     ext = per_image[per_image.role == "external"]
     arms, prompts = set(per_image.arm), [p for p in PROMPTS if p in set(per_image.prompt)]
+    kw = {"n_boot": n_boot, "method": method}
     rows = []
     if {"sas", "none"} <= arms and not ext.empty:
         for p in prompts:
             kind = "primary" if p in PRIMARY_PROMPTS else "secondary"
-            rows.append(_row("gain", kind, "sas-none", p, "external average", _matrix(ext, "sas", "none", p),
-                             n_boot=n_boot))
+            rows.append(_row("gain", kind, "sas-none", p, "external average", _matrix(ext, "sas", "none", p), **kw))
+        area = ext.drop_duplicates(["dataset", "id"]).set_index(["dataset", "id"]).area_fraction
         for p in prompts:
             d = _matrix(ext, "sas", "none", p)
             if d.empty:
                 continue
-            area = ext.drop_duplicates(["dataset", "id"]).set_index(["dataset", "id"]).area_fraction
-            bins = area.reindex(d.index).map(size_bin)  # the one binning rule (evaluate.size_bin)
+            bins = area.reindex(d.index.droplevel("group")).map(size_bin)  # the one binning rule (evaluate.size_bin)
             for b in SIZE_BINS:
                 sub = d[(bins == b).to_numpy()]
                 if not sub.empty:
                     rows.append(_row("gain by size" + (" (large-organ check)" if b == ">20%" else ""), "secondary",
-                                     "sas-none", p, f"external {b}", sub, n_boot=n_boot, by_dataset=False))
+                                     "sas-none", p, f"external {b}", sub, by_dataset=False, **kw))
     if "zero_shot" in arms and "box" in prompts:
         for arm in ("none", "sas"):
             if arm in arms:
                 for ds in sorted(set(ext.dataset)):
                     rows.append(_row("box forgetting", "secondary", f"{arm}-zero_shot", "box", ds,
-                                     _matrix(ext[ext.dataset == ds], arm, "zero_shot", "box"), n_boot=n_boot))
+                                     _matrix(ext[ext.dataset == ds], arm, "zero_shot", "box"), **kw))
     if "sas" in arms and {"box", "2click"} <= set(prompts) and not ext.empty:
         rows.append(_row("2-click minus box", "secondary", "sas 2click-box", "2click", "external average",
-                         _matrix(ext, "sas", "sas", "2click", "box"), n_boot=n_boot))
+                         _matrix(ext, "sas", "sas", "2click", "box"), **kw))
     for arm in sorted(arms - {"zero_shot", "none", "sas"}):
         if "none" in arms:
             for p in prompts:
                 rows.append(_row("control gain", "exploratory", f"{arm}-none", p, "external average",
-                                 _matrix(ext, arm, "none", p), n_boot=n_boot))
+                                 _matrix(ext, arm, "none", p), **kw))
     if {"sas", "none"} <= arms:
         for ds in sorted(set(per_image.dataset)):
             for p in prompts:
                 rows.append(_row("gain per dataset", "exploratory", "sas-none", p, ds,
-                                 _matrix(per_image[per_image.dataset == ds], "sas", "none", p), n_boot=n_boot))
-    cols = ["endpoint", "kind", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
-    return pd.DataFrame(rows, columns=cols)
+                                 _matrix(per_image[per_image.dataset == ds], "sas", "none", p), **kw))
+    return pd.DataFrame(rows, columns=GAINS_COLUMNS)
 
 
-def detectable(gains: pd.DataFrame) -> float:
-    """Largest CI half-width among the primary endpoints: an effect about 1.4x this size would be detected
-    with ~80 % power at alpha 0.05 (half-width = 1.96 SE; 80 % power needs 2.8 SE)."""
+GAINS_COLUMNS = ["endpoint", "kind", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low",
+                 "ci_high", "n_groups", "se", "df", "method"]
+
+
+def detectable(gains: pd.DataFrame, alpha: float = 0.05, power: float = 0.80) -> float:
+    """Smallest true gain the run would detect with ``power`` (80 %) at two-sided ``alpha`` (0.05) on the
+    primary endpoints (the largest over them): (t_{1−alpha/2, df} + t_{power, df}) x SE from the same two-stage
+    interval — 2.8 x SE when the degrees of freedom are large, about 3.7 x SE when five seeds dominate (df ≈ 4).
+    A gains table without ``se``/``df`` (written by v1) gives (z_{1−alpha/2} + z_{power}) x SE with SE = CI
+    half-width / z_{1−alpha/2}: 2.8 x SE, the v1 reading."""
     prim = gains[gains.kind == "primary"]
-    return float(((prim.ci_high - prim.ci_low) / 2).max()) if not prim.empty else float("nan")
+    if prim.empty:
+        return float("nan")
+    if {"se", "df"} <= set(prim.columns) and prim.se.notna().all():
+        return float(np.max(intervals.detectable_effect(prim.se.to_numpy(float), prim.df.to_numpy(float),
+                                                        alpha, power)))
+    z = st.norm.ppf(1 - alpha / 2)
+    return float(((prim.ci_high - prim.ci_low) / 2).max() / z * (z + st.norm.ppf(power)))
