@@ -91,7 +91,9 @@ def score_task(task: Task, tests: dict, internal: str, out: str | Path, progress
     for name, items in load_tests(tests, internal, task.score_on).items():
         df = evaluate(sam, spec.model, items, task.prompts, seed=spec.seed, progress=progress, embeddings=cache,
                       precision=spec.precision)
+        groups = {str(ex["id"]): ex.get("group") or str(ex["id"]) for ex in items}  # acquisition group (intervals)
         frames.append(df.assign(dataset=name, target=sources.get(name).target, arm=spec.arm, seed=spec.seed,
+                                group=df.id.map(groups),
                                 role="internal" if name == internal else "external", precision=spec.precision,
                                 run=spec.name))
     with files.atomic_path(path) as tmp:

@@ -32,7 +32,7 @@ SELECT = ("best", "last")
 # that decide a score. Their digests go into run keys and score keys: edit one and finished runs are redone.
 TRAINING_CODE = ("experiment/train.py", "experiment/train_step.py", "experiment/embed_cache.py",
                  "experiment/distributed.py", "augment/*.py", "models/*.py", "digest.py")
-SCORING_CODE = ("experiment/evaluate.py", "experiment/metrics.py", "models/*.py")
+SCORING_CODE = ("experiment/evaluate.py", "experiment/metrics.py", "experiment/executor.py", "models/*.py")
 
 
 @lru_cache(maxsize=None)

@@ -93,8 +93,8 @@ def verdict(gains: pd.DataFrame) -> list[str]:
         lines.append(f"- Box forgetting (fine-tuned − zero-shot box, per external set): from {forget.gain.min():+.3f} "
                      f"to {forget.gain.max():+.3f}; lowest {worst.comparison} on {worst.scope}.")
     if not gains[gains.kind == "primary"].empty:
-        lines.append(f"- What this run can detect: primary CI half-width ≤ {stats.detectable(gains):.3f} Dice, so an effect "
-                     f"of about {1.4 * stats.detectable(gains):.3f} would be found with ~80 % power.")
+        lines.append(f"- What this run can detect: a primary gain of about {stats.detectable(gains):.3f} Dice would be "
+                     "found with 80 % power (two-sided, 0.05; from the same standard errors as the intervals).")
     return lines
 
 
@@ -130,7 +130,8 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           + (f"views drawn once (seed {plan.view_seed}) and shared by every training seed." if plan.view_seed is not None
              else "views drawn per training seed."),
           "Prompts are simulated per connected component (one box / click session per part, union of the "
-          "predictions). CIs: bootstrap over seeds and images together; USGRA nerve and vessel are one cluster.",
+          "predictions). CIs: seeds as whole runs (t) plus acquisition groups within each set (cluster-robust), "
+          "docs/protocol.md amendment v2; USGRA nerve and vessel are one cluster.",
           f"SAS parameters: {plan.sas_params or 'kit defaults'} — {plan.sas_params_source}.",
           f"Wall time: {t['total_s']:.0f} s (plan and data {t['load_s']:.0f} s, runs {t['runs_wall_s']:.0f} s on "
           f"{t['workers'] or 'no'} worker(s); summed over runs: training {t['train_s']:.0f} s, evaluation "
