@@ -21,3 +21,16 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
     union = int((pred | gt).sum())
     return float("nan") if union == 0 else int((pred & gt).sum()) / union
+
+
+def clicks_to_reach(ious, threshold: float, max_clicks: int) -> int:
+    """NoC@threshold of one click curve (``ious[k-1]`` = IoU after k clicks or rounds): the first k ≤
+    ``max_clicks`` with IoU ≥ ``threshold``, or ``max_clicks`` when none reaches it (RITM/SimpleClick's
+    convention: a miss counts as the cap, so NoC ≤ ``max_clicks`` and "NoC == cap" counts the failures).
+    ``ious`` may stop early (after the threshold was reached) or run past the cap (ignored)."""
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+    for k, value in enumerate(list(ious)[:max_clicks], start=1):
+        if value >= threshold:
+            return k
+    return max_clicks

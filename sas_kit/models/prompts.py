@@ -63,6 +63,12 @@ def next_click(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = Non
     A missed region (false negative) gives a positive click (label 1), a spurious one (false positive) a
     negative click (label 0). Pixels in ``ignore`` are not errors. Returns ``((x, y), label)``, or None
     when the prediction already equals the ground truth (no click left to give).
+
+    "Largest" is the 8-connected error region with the most pixels (a tie goes to the missed region). RITM's
+    clicker instead compares the deepest point of ALL missed pixels with that of ALL spurious ones (no
+    labelling: a thick small region beats a thin large one; a tie goes to the negative click) and never clicks
+    a pixel twice; here a click the model ignores is given again at the same pixel. Both pad the error mask so
+    the image border counts as boundary and take the first maximum in raster order.
     """
     gt, pred = _check(gt, "gt"), _check(pred, "pred")
     if gt.shape != pred.shape:

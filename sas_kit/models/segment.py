@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ class ClickSession:
 
 def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequence[dict], parts: Sequence[np.ndarray],
                    others: Sequence[np.ndarray], clicks: Sequence[int], multimask_first: bool = False,
-                   batch_size: int = 16) -> list[ClickSession]:
+                   batch_size: int = 16,
+                   stop: Callable[[int, list[ClickSession]], Iterable[int]] | None = None) -> list[ClickSession]:
     """Deterministic click sessions, one per part, decoded ``batch_size`` parts at a time (no grad).
 
     Part i gets up to ``clicks[i]`` clicks: the first at its deepest point, each later one at the centre of the
@@ -50,12 +51,19 @@ def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequenc
     previous low-res logits fed back as mask input, as SAM's interactive protocol does (docs/notes.md). Once a
     prediction is perfect no click is left to give and it repeats. ``preds[k-1]`` is the mask after k clicks,
     so 1-, 2- and 3-click results are prefixes of one session. Batching pairs each part with its own image
-    embedding (:func:`registry.decode_batch`); the result equals decoding part by part."""
+    embedding (:func:`registry.decode_batch`); the result equals decoding part by part.
+
+    ``stop(r, sessions)``, if given, is called after every round r = 1, 2, ... (each unfinished part has then been
+    decoded r times, ``preds[-1]`` is its latest mask); the parts whose indices it returns get no further click
+    and their ``preds`` end at round r (evaluate() stops an image once its NoC is known)."""
     spec = registry.get_spec(spec)
     sessions = [ClickSession([prompts.first_click(p)], [1]) for p in parts]
+    limit = list(clicks)  # lowered by ``stop``
     with torch.no_grad():
         for k in range(max(clicks, default=0)):
-            active = [i for i, s in enumerate(sessions) if clicks[i] > k and not s.done]
+            active = [i for i, s in enumerate(sessions) if limit[i] > k and not s.done]
+            if not active:
+                break  # every session is done or stopped: later rounds would decode nothing
             if k > 0:
                 for i in active:
                     click = prompts.next_click(parts[i], sessions[i].preds[-1], ignore=others[i])
@@ -76,7 +84,10 @@ def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequenc
                     sessions[i].low_res = low[j:j + 1]
                     full = registry.postprocess(spec, low[j:j + 1], metas[i])
                     sessions[i].preds.append((full[0, 0] > 0).cpu().numpy())
-    for s, n in zip(sessions, clicks):
+            if stop is not None:
+                for i in stop(k + 1, sessions):
+                    limit[i] = min(limit[i], k + 1)
+    for s, n in zip(sessions, limit):
         s.preds += s.preds[-1:] * (n - len(s.preds))
     return sessions
 
