@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-ARMS = ("zero_shot", "none", "classic", "stsnet", "sas")
+ARMS = "none,classic,stsnet,sas"  # with zero-shot and 2 seeds: 9 independent runs, 8 of them fine-tuning
 
 
 def _noop(x: int) -> int:
@@ -33,44 +36,68 @@ def engine_overhead(workers: int, n: int = 50) -> dict:
     return {"start_s": started, "stop_s": time.perf_counter() - t1, "round_trip_ms": 1000 * statistics.median(trips)}
 
 
-def bench_grid(n: int | None = None, workers: int = 2, seeds: tuple[int, ...] = (0, 1)) -> list[dict]:
-    """The quick profile's grid (arms ``ARMS`` x ``seeds``: 8 fine-tuning runs and one zero-shot scoring), each
-    way in a fresh output folder so every run trains: serially with torch's default threads, serially with one
-    thread, and on ``workers`` single-threaded local Dask workers. The shared embedding store is filled by a first
-    pass that is not timed, so each way pays the same encodes (none). One row per way: wall seconds, speed-up over
-    the default serial run, runs, and the engine's own cost (cluster start + stop, per-task round trip)."""
-    from sas_kit.experiment.executor import run_plan
-    from sas_kit.experiment.protocol import make_plan
+SCRIPT = ("import sys, json; from sas_kit.report.reproduce import run_protocol; "
+          "run_protocol('quick', arms=('zero_shot', *sys.argv[2].split(',')), out=sys.argv[1], progress=False, "
+          "**json.loads(sys.argv[3]))")
 
-    plan = make_plan("quick", arms=ARMS, seeds=seeds)
-    tasks = len({t.spec.key for t in plan.tasks})
+
+def _reproduce(out: Path, settings: dict) -> tuple[float, dict]:
+    """``run_protocol`` of the quick profile with ``settings`` (workers, threads, epochs, seeds) in a new Python."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(out), ARMS, json.dumps(settings)], capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise ValueError(f"the grid with {settings} failed: {done.stderr.strip()[-500:]}")
+    return wall, json.loads((out / "plan.json").read_text())
+
+
+def bench_grid(workers: int = 2, epochs: tuple[int, ...] = (1, 6), seeds: tuple[int, ...] = (0, 1)) -> list[dict]:
+    """The quick profile's runs with arms none, classic, stsnet, sas x ``seeds`` (plus zero-shot: 9 independent
+    runs), at each number of ``epochs`` (1: the quick profile's ~4 s runs; 6: runs long enough that fixed costs
+    stop mattering), as ``run_protocol`` runs them, each way in a fresh Python and a fresh output folder so every
+    run trains: serially with torch's threads, serially with one thread, and with ``workers`` local Dask workers
+    (one thread each). A first, untimed run fills the shared
+    embedding store and the file cache, so every way pays the same (no) encodes. Wall time includes starting Python,
+    making the plan and writing the report (the serial part of any reproduction). One row per way, then the
+    engine's own cost: cluster start + stop, and the round trip of a trivial task."""
+    rows = []
     with tempfile.TemporaryDirectory(prefix="sas-kit-bench-grid-") as tmp:
-        run_plan(plan, Path(tmp) / "warm", progress=False, threads=1)  # fills the embedding store, not timed
-        rows = []
-        for way, kwargs in (("serial, torch threads", {}), ("serial, 1 thread", {"threads": 1}),
-                            (f"--workers {workers}, 1 thread each", {"workers": workers})):
-            t0 = time.perf_counter()
-            records = run_plan(plan, Path(tmp) / way.split(",")[0].strip("-").replace(" ", "_") / str(len(rows)),
-                               progress=False, **kwargs)
-            wall = time.perf_counter() - t0
-            busy = sum(r["train_s"] + r["score_s"] for r in records)
-            rows.append({"way": way, "runs": tasks, "threads_per_run": records[0]["threads"], "wall_s": wall,
-                         "run_seconds_summed": busy, "speedup": None})
-    for row in rows:
-        row["speedup"] = round(rows[0]["wall_s"] / row["wall_s"], 2)
+        _reproduce(Path(tmp) / "warm", {"threads": 1, "seeds": list(seeds)})
+        for n in epochs:
+            first = len(rows)
+            for way, extra in (("serial, torch threads", {}), ("serial, 1 thread", {"threads": 1}),
+                               (f"--workers {workers}", {"workers": workers})):
+                wall, plan = _reproduce(Path(tmp) / f"way{len(rows)}", {**extra, "epochs": n, "seeds": list(seeds)})
+                t = plan["timings"]
+                rows.append({"epochs": n, "way": way, "runs": len(plan["runs"]), "threads_per_run": t["threads"],
+                             "wall_s": wall, "runs_wall_s": t["runs_wall_s"],
+                             "run_seconds_summed": t["train_s"] + t["evaluate_s"]})
+            for row in rows[first:]:
+                row["speedup"] = round(rows[first]["wall_s"] / row["wall_s"], 2)
+                row["runs_speedup"] = round(rows[first]["runs_wall_s"] / row["runs_wall_s"], 2)
     cost = engine_overhead(workers)
-    rows[-1].update(cluster_start_s=round(cost["start_s"], 2), cluster_stop_s=round(cost["stop_s"], 2),
-                    round_trip_ms=round(cost["round_trip_ms"], 1))
-    for row in rows[:-1]:
-        row.update(cluster_start_s=None, cluster_stop_s=None, round_trip_ms=None)
-    mean_run = rows[1]["run_seconds_summed"] / tasks
-    per_task = (cost["start_s"] + cost["stop_s"]) / tasks + cost["round_trip_ms"] / 1000
-    lines = [f"engine overhead per run: {per_task:.2f} s (cluster start+stop shared over {tasks} runs, plus one round "
-             f"trip), against {mean_run:.1f} s of work per quick run on one thread here ({os.cpu_count()} cores)."]
+    for row in rows:
+        engine = row["way"].startswith("--workers")
+        row.update(cluster_start_s=round(cost["start_s"], 2) if engine else None,
+                   cluster_stop_s=round(cost["stop_s"], 2) if engine else None,
+                   round_trip_ms=round(cost["round_trip_ms"], 1) if engine else None)
+    runs = rows[0]["runs"]
+    per_run = (cost["start_s"] + cost["stop_s"]) / runs + cost["round_trip_ms"] / 1000
+    print(f"CPU: {_cpu()}; {os.cpu_count()} cores. Engine overhead per run: {per_run:.2f} s (cluster start + stop "
+          f"shared over {runs} runs, plus one round trip); a quick run is {rows[1]['run_seconds_summed'] / runs:.1f} s "
+          "of work on one thread.")
     for gpus in (4, 8):
-        lines.append(f"a cluster of {gpus} GPUs running a grid of 48 runs of T seconds each: about "
-                     f"{math.ceil(48 / gpus)} x T + {per_task * 48 / gpus + cost['start_s']:.0f} s — the engine's "
-                     f"share is negligible once T is minutes (gpu-profile runs), and no GPU time was measured here.")
-    for line in lines:
-        print(line)
+        print(f"{gpus} GPUs, a grid of 48 runs of T s each: about {math.ceil(48 / gpus)} x T + "
+              f"{cost['start_s'] + cost['stop_s'] + 48 / gpus * cost['round_trip_ms'] / 1000:.1f} s of engine time "
+              "(from the overheads above; no GPU was measured).")
     return rows
+
+
+def _cpu() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{name}, {'avx512_bf16' if 'avx512_bf16' in text else 'no avx512_bf16'}"

@@ -106,8 +106,18 @@ def run_task(task: Task, tests: dict, internal: str, out: str | Path, progress: 
     """Train (or reuse) and score one task; the one function a worker runs. Returns a small record."""
     import torch
 
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run_task(task, tests, internal, out, progress)
+    finally:
+        torch.set_num_threads(before)  # a serial caller's own setting is left as it was
+
+
+def _run_task(task: Task, tests: dict, internal: str, out: str | Path, progress: bool) -> dict:
+    import torch
+
     _pick_gpu(task.spec)
     start = time.perf_counter()
     folder = run_folder(out, task.spec)
@@ -171,9 +181,9 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
         return [run_task(t, progress=progress, threads=threads, **args) for t in tasks]
     from tqdm.auto import tqdm
 
-    with dask_client(workers, cluster, gpu=plan.device.startswith("cuda")) as client:
+    threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers and not cluster else 1)
+    with dask_client(workers, cluster, gpu=plan.device.startswith("cuda"), threads=threads) as client:
         resources = {"GPU": 1} if plan.device.startswith("cuda") and cluster else None
-        threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers and not cluster else 1)
         futures = client.map(run_task, tasks, progress=False, threads=threads, pure=False, resources=resources, **args)
         order = {f.key: i for i, f in enumerate(futures)}
         records: list[dict | None] = [None] * len(tasks)
@@ -188,10 +198,11 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
 
 
 @contextmanager
-def dask_client(workers: int, cluster: str | None, gpu: bool = False):
+def dask_client(workers: int, cluster: str | None, gpu: bool = False, threads: int = 1):
     """A ``distributed.Client``: on a local cluster of ``workers`` processes that it starts and closes, on the
     scheduler at ``cluster``, or on ``workers`` SLURM jobs (``cluster="slurm"``, dask-jobqueue's SLURMCluster,
-    configured by its usual ``jobqueue.slurm`` Dask config: queue, account, walltime)."""
+    configured by its usual ``jobqueue.slurm`` Dask config: queue, account, walltime). Local workers start with
+    ``OMP_NUM_THREADS=threads`` and without Dask's ``MALLOC_TRIM_THRESHOLD_`` (see below)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -203,7 +214,13 @@ def dask_client(workers: int, cluster: str | None, gpu: bool = False):
     elif cluster:
         made = None
     else:
-        made = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        import dask
+
+        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which fixes glibc's mmap threshold at
+        # 128 KiB: every large tensor is then mmapped and faulted in afresh (measured: a quick run 2x slower).
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            made = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     client = Client(made) if made is not None else Client(cluster)
     try:
         yield client
