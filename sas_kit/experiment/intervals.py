@@ -61,6 +61,16 @@ class Layout:
         return np.bincount(self.unit_stratum, minlength=self.n_strata)
 
 
+def dataset_shares(cells: np.ndarray, clusters: np.ndarray):
+    """The external average's weights: for each dataset, (its rows as a mask, the number of equal parts its share
+    is: clusters x datasets in its cluster). Each cluster weighs the same, and inside it each of its datasets."""
+    cluster_names = np.unique(clusters)
+    for c in cluster_names:
+        ds = np.unique(cells[clusters == c])
+        for d in ds:
+            yield cells == d, len(cluster_names) * len(ds)
+
+
 def make_layout(cells, clusters, groups, by_dataset: bool = True) -> Layout:
     """Layout of rows given each row's cell (dataset), cluster (external set; USGRA nerve and vessel share one)
     and acquisition group. ``by_dataset``: each cluster weighs the same and, inside it, each of its datasets
@@ -71,12 +81,8 @@ def make_layout(cells, clusters, groups, by_dataset: bool = True) -> Layout:
     n = len(cells)
     if by_dataset:
         weight = np.zeros(n)
-        cluster_names = np.unique(clusters)
-        for c in cluster_names:
-            ds = np.unique(cells[clusters == c])
-            for d in ds:
-                m = cells == d
-                weight[m] = 1.0 / (len(cluster_names) * len(ds) * m.sum())
+        for m, parts in dataset_shares(cells, clusters):
+            weight[m] = 1.0 / (parts * m.sum())
         stratum_of_row = np.unique(clusters, return_inverse=True)[1]
     else:
         weight = np.full(n, 1.0 / n)
@@ -176,13 +182,8 @@ def percentile_bootstrap(values: np.ndarray, cells, clusters, ids, by_dataset: b
     seed_w[1:] = np.stack([np.bincount(s, minlength=n_seeds) for s in seed_draws]) / n_seeds
     if by_dataset:  # row weight inside each replicate: cluster share / datasets in it x resampled share in dataset
         a = np.zeros_like(weights)
-        cluster_names = np.unique(clusters)
-        for c in cluster_names:
-            ds = np.unique(cells[clusters == c])
-            for d in ds:
-                m = cells == d
-                a[:, m] = weights[:, m] / np.maximum(weights[:, m].sum(1, keepdims=True), 1e-12) / (
-                    len(cluster_names) * len(ds))
+        for m, parts in dataset_shares(cells, clusters):
+            a[:, m] = weights[:, m] / np.maximum(weights[:, m].sum(1, keepdims=True), 1e-12) / parts
     else:
         a = weights / weights.sum(1, keepdims=True)
     est = ((a @ values) * seed_w).sum(-1)  # (..., replicates)
