@@ -30,9 +30,8 @@ def run_sweep(profile: str = "cpu", model: str = "litemedsam", out: str | Path =
     ``reproduce --sas-params``). No test split is read. Returns the JSON path."""
     points = grid_points()
     overrides = {"epochs": epochs} if epochs is not None else {}
-    plans = [make_plan(profile, model, datasets_mode, arms=("sas",), seeds=(0,), sas_params=params, select="last",
-                       **overrides) for params in points]  # every point checked before the first trains
-    specs = [plan.main_tasks()[0].spec for plan in plans]
+    base = make_plan(profile, model, datasets_mode, arms=("sas",), seeds=(0,), select="last", **overrides)
+    specs = [base.main_tasks()[0].spec.but(params=params) for params in points]  # all checked before one trains
     out = Path(out)
     val = load_samples(specs[0].data, "val", val_limit)
     items = [(image, mask, {"index": i}) for i, (image, mask) in enumerate(val)]
