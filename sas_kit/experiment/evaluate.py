@@ -104,7 +104,7 @@ def _embedding(store, sam, spec, ident: str, image: np.ndarray, precision: str):
 def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: int | None = None,
              embeddings=None, per_component: bool = True, jitter: float = 0.0, progress: bool = True,
              precision: str = "fp32", batch_size: int = 16, noc: Sequence[float] | float | None = None,
-             max_clicks: int = NOC_MAX_CLICKS) -> pd.DataFrame:
+             max_clicks: int = NOC_MAX_CLICKS, desc: str | None = None) -> pd.DataFrame:
     """One row per image × prompt: id, dataset, target, prompt, dice, iou, area_fraction, size_bin,
     n_components, model, per_component (with ``noc``, also noc85, noc90, max_clicks: see below).
 
@@ -135,6 +135,8 @@ def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: i
     a cap of 10, 5.6 s with 20; for ~877 targets x ~11 arm-seeds (≈ 9,600 targets) that is ≈ +5.5 h of CPU for
     10 against ≈ +12.5 h for 20. NoC values below 10 are the same under both caps; pass ``max_clicks=20`` to
     match RITM's tables where a GPU makes it cheap.
+
+    ``desc`` names the progress bar (default "evaluate <model>"): callers say what they score.
     """
     from sas_kit.models import precision as policy
 
@@ -151,7 +153,7 @@ def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: i
     items = list(dataset) if limit is None else [x for _, x in zip(range(limit), dataset)]
     clicks = max([segment.n_clicks(p) for p in prompts] + [0])
     rounds = max(clicks, max_clicks) if thresholds else clicks
-    bar = tqdm(total=len(items), desc=f"evaluate {spec.name}", disable=not progress)
+    bar = tqdm(total=len(items), desc=desc or f"evaluate {spec.name}", disable=not progress)
     examples = list(_examples(items))
     with policy.decoder(sam.device, precision):
         for start in range(0, len(examples), batch_size):
