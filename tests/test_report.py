@@ -71,10 +71,14 @@ def test_usgra_nerve_and_vessel_are_one_cluster():
 
 def test_size_bins_forgetting_and_two_click_gap_are_reported():
     gains = stats.endpoints(_per_image({("sas", "ext1"): 0.1, ("none", "ext2"): -0.05}), n_boot=200)
-    assert {"gain by size", "gain by size (large-organ check)", "box forgetting", "2-click minus box"} <= set(gains.endpoint)
-    sizes = gains[gains.endpoint.str.startswith("gain by size")]
+    assert {"small-target gain", "large-target check", "box forgetting", "k-click minus box"} <= set(gains.endpoint)
+    sizes = gains[gains.endpoint.isin(["gain by size", "small-target gain", "large-target check"])]
     assert set(sizes.scope) == {f"external {b}" for b in ("<1%", "1-5%", "5-20%", ">20%")}  # external rows only
     assert sizes.n_images.sum() == 80 * 2  # every external image in exactly one bin, per prompt (box, 2click)
+    named = gains[gains.kind == "named"]  # v2's named endpoints: < 1 % / 1-5 % at 2 clicks, > 20 % at box, 2 clicks
+    assert set(zip(named.scope, named.prompt)) == {("external <1%", "2click"), ("external 1-5%", "2click"),
+                                                   ("external >20%", "box"), ("external >20%", "2click")}
+    assert named.p_holm.notna().all() and (named.p_holm >= named.p - 1e-12).all()
     forget = gains[(gains.endpoint == "box forgetting") & (gains.comparison == "none-zero_shot")].set_index("scope")
     assert forget.loc["ext2", "gain"] == pytest.approx(-0.05, abs=0.01) and forget.loc["ext1", "gain"] == pytest.approx(0, abs=0.01)
     assert stats.detectable(gains) > 0

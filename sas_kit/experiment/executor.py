@@ -31,10 +31,11 @@ def run_folder(out: str | Path, spec: RunSpec) -> Path:
 
 
 def score_path(out: str | Path, task: Task, tests: dict) -> Path:
-    """The task's scores file: keyed by the ids scored, the prompts and the scoring code (and, by its folder, the
-    run spec)."""
+    """The task's scores file: keyed by the ids scored, the prompts, the number-of-clicks settings and the scoring
+    code (and, by its folder, the run spec)."""
     blob = json.dumps({"ids": {n: list(tests[n]) for n in task.score_on}, "prompts": list(task.prompts),
-                       "code": code_version(SCORING_CODE)}, sort_keys=True)
+                       "code": code_version(SCORING_CODE),
+                       **({"noc": list(task.noc), "max_clicks": task.max_clicks} if task.noc else {})}, sort_keys=True)
     return run_folder(out, task.spec) / f"scores-{hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()}.csv"
 
 
@@ -90,7 +91,8 @@ def score_task(task: Task, tests: dict, internal: str, out: str | Path, progress
     frames = []
     for name, items in load_tests(tests, internal, task.score_on).items():
         df = evaluate(sam, spec.model, items, task.prompts, seed=spec.seed, progress=progress, embeddings=cache,
-                      precision=spec.precision)
+                      precision=spec.precision, noc=task.noc or None, max_clicks=task.max_clicks,
+                      desc=f"score {spec.arm} seed {spec.seed} on {name}")
         groups = {str(ex["id"]): ex.get("group") or str(ex["id"]) for ex in items}  # acquisition group (intervals)
         frames.append(df.assign(dataset=name, target=sources.get(name).target, arm=spec.arm, seed=spec.seed,
                                 group=df.id.map(groups),

@@ -109,7 +109,8 @@ def two_stage(values: np.ndarray, layout: Layout, alpha: float = 0.05) -> dict[s
     """The v2 interval (module docstring) for ``values`` of shape (..., rows, seeds).
 
     Returns arrays over the leading axes: ``gain``, ``ci_low``, ``ci_high``, ``se``, ``df`` (Welch–Satterthwaite),
-    ``var_seed``, ``var_group``. With one seed the seed variance cannot be estimated and is set to 0 (the
+    ``var_seed``, ``var_group``, and ``per_seed`` (..., seeds): each training run's own estimate (their mean is
+    ``gain``). With one seed the seed variance cannot be estimated and is set to 0 (the
     interval then holds group variance only); a stratum with a single group contributes no group variance."""
     values = np.asarray(values, dtype=np.float64)
     n_seeds = values.shape[-1]
@@ -149,7 +150,7 @@ def two_stage(values: np.ndarray, layout: Layout, alpha: float = 0.05) -> dict[s
     se = np.sqrt(var)
     half = st.t.ppf(1 - alpha / 2, df) * se
     return {"gain": gain, "ci_low": gain - half, "ci_high": gain + half, "se": se, "df": df,
-            "var_seed": var_seed, "var_group": var_group}
+            "var_seed": var_seed, "var_group": var_group, "per_seed": per_seed}
 
 
 def detectable_effect(se, df, alpha: float = 0.05, power: float = 0.80):

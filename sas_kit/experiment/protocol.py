@@ -19,7 +19,9 @@ from sas_kit.models import precision as policy
 from sas_kit.models import prompts as prompt_names
 
 HEADLINE_ARMS = ("zero_shot", "none", "sas")
-PROMPTS = prompt_names.PROMPTS[:4]  # box and 1-3 clicks (5click: `sas-kit evaluate` only)
+PROMPTS = prompt_names.PROMPTS[:4]  # box and 1-3 clicks: the default when a profile names none
+TEST_DRAWS = ("hash", "by_size")
+KEEP_ALL_BINS = ("<1%", ">20%")  # the by-size draw keeps every target of these bins (docs/protocol.md, v2)
 ZERO_SHOT_PROMPTS = ("box",)  # LiteMedSAM's zero-shot clicks score ≈ 0 (docs/notes.md): box is the reference
 INTERNAL = "bus_bra"
 EXTERNALS = ("busi", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")
@@ -29,12 +31,15 @@ CURVE_ARMS = ("none", "sas", "genseg")  # the low-data curve's arms (GenSeg's fi
 @dataclass(frozen=True)
 class Task:
     """One unit of work: train ``spec`` (unless zero-shot), then score it with ``prompts`` on the datasets
-    ``score_on``. ``curve``: a point of the low-data curve (its training-set size is ``spec.train_limit``)."""
+    ``score_on``. ``curve``: a point of the low-data curve (its training-set size is ``spec.train_limit``).
+    ``noc``: IoU thresholds of the number-of-clicks metric (``()``: none), sessions capped at ``max_clicks``."""
 
     spec: RunSpec
     score_on: tuple[str, ...]
     prompts: tuple[str, ...]
     curve: bool = False
+    noc: tuple[float, ...] = ()
+    max_clicks: int = 10
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,10 @@ class Plan:
     precision: str
     device: str
     train_limit: int | None
-    eval_limit: int | None  # per external dataset
+    eval_limit: int | None  # per external dataset (test_draw "hash") or per external dataset and size bin
+    test_draw: str
+    noc: tuple[float, ...]
+    max_clicks: int
     internal_limit: int | None  # None: the whole internal test split
     train_images: int
     sas_params: dict
@@ -82,7 +90,7 @@ class Plan:
     def record(self) -> dict:
         """The plan as JSON (plan.json): settings, test-set sizes, and each task's run name and key."""
         plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("tests", "tasks")}
-        return json.loads(json.dumps({**plain, "n_test_ids": {k: len(v) for k, v in self.tests.items()},
+        return json.loads(json.dumps({**plain, "n_test": {k: len(v) for k, v in self.tests.items()},
                                       "tests_key": tests_key(self.tests), "training_code": code_version(),
                                       "runs": [{"name": t.spec.name, "key": t.spec.key, "curve": t.curve,
                                                 "score_on": list(t.score_on), "prompts": list(t.prompts)}
@@ -110,20 +118,37 @@ def _rank(ident: str) -> str:
     return hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()
 
 
-def draw_tests(internal: str, externals, eval_limit: int | None,
-               internal_limit: int | None) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+def draw_tests(internal: str, externals, eval_limit: int | None, internal_limit: int | None,
+               test_draw: str = "hash") -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
     """The ids each dataset is scored on, and how many empty masks were left out of each pool.
 
     Internal: its test split (first ``internal_limit``). Externals (never trained on): all splits pooled, empty
-    masks left out, then the ``eval_limit`` images with the lowest hash of their id — a deterministic draw that does
-    not depend on file order, and that picks the same images for USGRA nerve and vessel (one set of encodes)."""
+    masks left out, then a deterministic draw by the hash of the id (independent of file order):
+    ``test_draw="hash"`` keeps the ``eval_limit`` images of lowest hash (the same images for USGRA nerve and
+    vessel: one set of encodes); ``"by_size"`` keeps every target in ``KEEP_ALL_BINS`` (< 1 % and > 20 % of the
+    image) and the ``eval_limit`` lowest-hash targets of each other size bin (amendment v2 of docs/protocol.md).
+    ``eval_limit=None`` keeps every non-empty image either way."""
+    from sas_kit.experiment.evaluate import size_bin
+
+    if test_draw not in TEST_DRAWS:
+        raise ValueError(f"test_draw must be one of {TEST_DRAWS}, got {test_draw!r}")
     sets, empty = {}, {}
     for name in (internal, *externals):
         pool = load_pool(name, internal=name == internal, limit=internal_limit if name == internal else None)
         empty[name] = sum(bool(ex["empty"]) for ex in pool)
         pool = [ex for ex in pool if not ex["empty"]]
-        if name != internal:
-            pool = sorted(pool, key=lambda ex: _rank(str(ex["id"])))[:eval_limit]
+        if name != internal and eval_limit is not None:
+            pool = sorted(pool, key=lambda ex: _rank(str(ex["id"])))
+            if test_draw == "hash":
+                pool = pool[:eval_limit]
+            else:
+                kept, per_bin = [], {}
+                for ex in pool:
+                    b = size_bin(float(ex["area_fraction"]))
+                    per_bin[b] = per_bin.get(b, 0) + 1
+                    if b in KEEP_ALL_BINS or per_bin[b] <= eval_limit:
+                        kept.append(ex)
+                pool = kept
         sets[name] = tuple(str(ex["id"]) for ex in pool)
     return sets, empty
 
@@ -171,12 +196,15 @@ def _source(data: str) -> str:
 
 def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "auto", arms=None,
               sas_params: str | Path | dict | None = None, seeds=None, prompts=None, precision: str | None = None,
-              device: str | None = None, eval_limit: int | None = -1, **settings) -> Plan:
+              device: str | None = None, eval_limit: int | None = -1, test_draw: str | None = None,
+              noc: tuple[float, ...] | None = None, max_clicks: int | None = None, **settings) -> Plan:
     """The finished plan: real data (bus_bra internal, five externals) when a mirror or prepared copies exist, else
     the phantom; every run's spec resolved and validated now (a bad SAS parameter fails here, before any training).
 
     ``sas_params``: a dict or the JSON file written by ``sas-kit sweep``. ``seeds``, ``prompts``, ``precision``,
-    ``device``, ``eval_limit`` and ``settings`` (the fields of :func:`profile_settings`) override the profile's."""
+    ``device``, ``eval_limit``, ``test_draw``, ``noc``, ``max_clicks`` and ``settings`` (the fields of
+    :func:`profile_settings`) override the profile's. The number-of-clicks metric is scored on the fine-tuned arms
+    only (zero-shot LiteMedSAM clicks score ≈ 0 and are not scored: the box is its reference)."""
     prof = config.PROFILES[profile]
     if data == "auto":
         data = "real" if all(datasets.available(n) for n in (INTERNAL, *EXTERNALS)) else "phantom"
@@ -198,6 +226,11 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
     genseg_params = dict(prof.genseg)
     arm_params("genseg", genseg_params)
     eval_limit = prof.eval_limit if eval_limit == -1 else eval_limit
+    test_draw = test_draw or prof.test_draw
+    noc = tuple(float(t) for t in (prof.noc if noc is None else noc))
+    max_clicks = int(prof.max_clicks if max_clicks is None else max_clicks)
+    if noc and (max_clicks < 1 or not all(0 < t <= 1 for t in noc)):
+        raise ValueError(f"noc thresholds must be IoU values in (0, 1] and max_clicks >= 1, got {noc}, {max_clicks}")
     internal_limit = eval_limit if profile == "quick" else None
     val_limit = eval_limit if run["select"] == "best" else 0
 
@@ -205,7 +238,7 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
     if not train and any(a != "zero_shot" for a in arms):
         raise ValueError(f"dataset {internal!r} has no training images; prepare it with `sas-kit data prepare {internal}`")
     val = load_samples(internal, "val", val_limit)
-    tests, empty = draw_tests(internal, externals, eval_limit, internal_limit)
+    tests, empty = draw_tests(internal, externals, eval_limit, internal_limit, test_draw)
 
     def spec(arm: str, seed: int, n: int | None = None) -> RunSpec:
         limit = run["train_limit"] if n is None else n
@@ -222,7 +255,7 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
                 if seed == seeds[0]:
                     tasks.append(Task(spec(arm, seed), names, tuple(p for p in prompts if p in ZERO_SHOT_PROMPTS)))
             else:
-                tasks.append(Task(spec(arm, seed), names, prompts))
+                tasks.append(Task(spec(arm, seed), names, prompts, noc=noc, max_clicks=max_clicks))
     if "genseg" in arms:  # GenSeg's own figure: Dice against the number of real training images
         for n in sorted({n for n in prof.low_data if 0 < n < len(train)}):
             for arm in (a for a in CURVE_ARMS if a in arms):
@@ -230,7 +263,8 @@ def make_plan(profile: str = "quick", model: str = "litemedsam", data: str = "au
     return Plan(profile=profile, model=model, internal=internal, externals=tuple(externals), arms=arms,
                 prompts=prompts, seeds=seeds, epochs=run["epochs"], views=run["views"], mode=run["mode"],
                 view_seed=run["view_seed"], batch_size=run["batch_size"], select=run["select"], precision=precision,
-                device=device, train_limit=run["train_limit"], eval_limit=eval_limit, internal_limit=internal_limit,
+                device=device, train_limit=run["train_limit"], eval_limit=eval_limit, test_draw=test_draw, noc=noc,
+                max_clicks=max_clicks, internal_limit=internal_limit,
                 train_images=len(train), sas_params=params, sas_params_source=source, genseg_params=genseg_params,
                 low_data=prof.low_data if "genseg" in arms else (),
                 data_source=_source(data),

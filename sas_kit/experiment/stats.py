@@ -20,15 +20,21 @@ from sas_kit.models.prompts import PROMPTS
 N_BOOT = 2000
 CLUSTERS = {"usgra_nerve": "usgra", "usgra_vessel": "usgra"}  # same images: one cluster (docs/protocol.md)
 PRIMARY_PROMPTS = ("1click", "2click")
+# The named endpoints of amendment v2: (size bin, prompt) -> (endpoint, kind). External targets, pooled.
+NAMED = {**{(b, p): ("small-target gain", "named") for b in ("<1%", "1-5%") for p in PRIMARY_PROMPTS},
+         **{(">20%", p): ("large-target check", "named") for p in ("box", *PRIMARY_PROMPTS)}}
+FAMILIES = ("primary", "named")  # Holm within each (p_values)
 
 
 def cluster_of(dataset: str) -> str:
     return CLUSTERS.get(dataset, dataset)
 
 
-def _matrix(per_image: pd.DataFrame, arm: str, ref: str, prompt: str, ref_prompt: str | None = None) -> pd.DataFrame:
-    """Per (dataset, id, group) x seed: Dice of ``arm`` at ``prompt`` minus Dice of ``ref`` at ``ref_prompt`` (same
-    seed; a reference with one seed only, such as zero_shot, is broadcast to every seed). ``group`` is the
+def _matrix(per_image: pd.DataFrame, arm: str, ref: str, prompt: str, ref_prompt: str | None = None,
+            value: str = "dice") -> pd.DataFrame:
+    """Per (dataset, id, group) x seed: ``value`` (Dice; or a per-image column such as ``noc90``) of ``arm`` at
+    ``prompt`` minus that of ``ref`` at ``ref_prompt`` (same seed; a reference with one seed only, such as
+    zero_shot, is broadcast to every seed). ``group`` is the
     acquisition group of the image (recording, subject, patient: the prepared datasets' ``group`` field) when
     per_image has a ``group`` column, and the image id where it has none or the value is missing."""
     ref_prompt = ref_prompt or prompt
@@ -37,8 +43,10 @@ def _matrix(per_image: pd.DataFrame, arm: str, ref: str, prompt: str, ref_prompt
     if a.empty or b.empty:
         return pd.DataFrame()
     a, b = with_group(a), with_group(b)
-    a = a.pivot_table(index=["dataset", "id", "group"], columns="seed", values="dice")
-    b = b.pivot_table(index=["dataset", "id", "group"], columns="seed", values="dice")
+    if value not in a.columns or value not in b.columns:
+        return pd.DataFrame()
+    a = a.pivot_table(index=["dataset", "id", "group"], columns="seed", values=value)
+    b = b.pivot_table(index=["dataset", "id", "group"], columns="seed", values=value)
     if b.shape[1] == 1 and a.shape[1] > 1:
         b = pd.DataFrame({s: b.iloc[:, 0] for s in a.columns})
     seeds = [s for s in a.columns if s in b.columns]
@@ -90,10 +98,11 @@ def _interval(diff: pd.DataFrame, alpha: float = 0.05, by_dataset: bool = True, 
               n_boot: int = N_BOOT) -> dict:
     if diff.empty:
         return {"gain": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n_images": 0,
-                "n_groups": 0, "n_seeds": 0, "se": float("nan"), "df": float("nan"),
+                "n_groups": 0, "n_seeds": 0, "se": float("nan"), "df": float("nan"), "seed_gains": "",
                 "method": intervals.V2 if method == "v2" else intervals.V1}
     layout, datasets, clusters, ids = _layout(diff, by_dataset)
     values = diff.to_numpy(dtype=np.float64)
+    per_seed = " ".join(f"{s}:{g:+.4f}" for s, g in zip(diff.columns, values.T @ layout.weight))
     if method == "v2":
         r = intervals.two_stage(values, layout, alpha=alpha)
         name = intervals.V2 if values.shape[1] > 1 else intervals.V2 + "; 1 seed: no seed variance"
@@ -105,7 +114,7 @@ def _interval(diff: pd.DataFrame, alpha: float = 0.05, by_dataset: bool = True, 
         raise ValueError(f"unknown interval method {method!r} (v2, v1)")
     return {"gain": float(r["gain"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
             "n_images": int(len(set(zip(datasets, ids)))), "n_groups": layout.n_units, "n_seeds": values.shape[1],
-            "se": float(r["se"]), "df": float(r["df"]), "method": name}
+            "se": float(r["se"]), "df": float(r["df"]), "seed_gains": per_seed, "method": name}
 
 
 def clustered_mean(diff: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05,
@@ -126,7 +135,47 @@ def _row(endpoint: str, kind: str, comparison: str, prompt: str, scope: str, dif
     r = _interval(diff, **kw)
     return {"endpoint": endpoint, "kind": kind, "comparison": comparison, "prompt": prompt, "scope": scope,
             "n_images": r["n_images"], "n_seeds": r["n_seeds"], "gain": r["gain"], "ci_low": r["ci_low"],
-            "ci_high": r["ci_high"], "n_groups": r["n_groups"], "se": r["se"], "df": r["df"], "method": r["method"]}
+            "ci_high": r["ci_high"], "n_groups": r["n_groups"], "se": r["se"], "df": r["df"], "method": r["method"],
+            "seed_gains": r["seed_gains"]}
+
+
+def p_values(gains: pd.DataFrame) -> pd.DataFrame:
+    """``gains`` with ``p`` (two-sided t test of gain = 0 with the row's SE and df; v1 rows, which have no SE,
+    get none) and ``p_holm``: Holm's step-down adjustment within each family of :data:`FAMILIES` (the primary
+    endpoints; the named small- and large-target endpoints), NaN outside them. docs/protocol.md, amendment v2."""
+    out = gains.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(out.gain.to_numpy(float) / out.se.to_numpy(float))
+    out["p"] = 2 * st.t.sf(t, out.df.to_numpy(float))
+    out["p_holm"] = np.nan
+    for kind in FAMILIES:
+        rows = out.index[(out.kind == kind) & out.p.notna()]
+        order = out.loc[rows, "p"].sort_values().index
+        m, running = len(order), 0.0
+        for i, idx in enumerate(order):
+            running = max(running, min(1.0, (m - i) * out.at[idx, "p"]))
+            out.at[idx, "p_holm"] = running
+    return out
+
+
+def clicks_to_box(gains: pd.DataFrame) -> pd.DataFrame:
+    """How many clicks reach box Dice, per arm, from the "k-click minus box" rows of ``gains`` (external average,
+    the same arm's k-click Dice minus its box Dice, v2 interval): ``clicks`` — the first k whose estimate is ≥ 0;
+    ``clicks_low`` — the first k whose CI reaches 0 (box quality not excluded); ``clicks_high`` — the first k whose
+    CI lies above 0 (box quality reached with 95 % confidence). ``None`` where no k scored qualifies ("> k_max")."""
+    rows = []
+    sub = gains[gains.endpoint == "k-click minus box"]
+    sub = sub.assign(arm=sub.comparison.str.split().str[0])
+    for arm, g in sub.groupby("arm", sort=False):
+        g = g.assign(k=g.prompt.str[0].astype(int)).sort_values("k")
+
+        def first(mask):
+            hit = g.k[mask.to_numpy()]
+            return int(hit.iloc[0]) if len(hit) else None
+
+        rows.append({"arm": arm, "k_max": int(g.k.max()), "clicks": first(g.gain >= 0),
+                     "clicks_low": first(g.ci_high >= 0), "clicks_high": first(g.ci_low >= 0)})
+    return pd.DataFrame(rows, columns=["arm", "k_max", "clicks", "clicks_low", "clicks_high"])
 
 
 def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT, method: str = "v2") -> pd.DataFrame:
@@ -159,17 +208,24 @@ def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT, method: str = "v2")
             for b in SIZE_BINS:
                 sub = d[(bins == b).to_numpy()]
                 if not sub.empty:
-                    rows.append(_row("gain by size" + (" (large-organ check)" if b == ">20%" else ""), "secondary",
-                                     "sas-none", p, f"external {b}", sub, by_dataset=False, **kw))
+                    name, kind = NAMED.get((b, p), ("gain by size", "secondary"))
+                    rows.append(_row(name, kind, "sas-none", p, f"external {b}", sub, by_dataset=False, **kw))
+        for col in [c for c in ext.columns if c.startswith("noc")]:
+            first = prompts[0]  # NoC is the same on every prompt row of an image: read it once
+            rows.append(_row("NoC gain (negative: fewer clicks)", "secondary", "sas-none", col, "external average",
+                             _matrix(ext, "sas", "none", first, value=col), **kw))
     if "zero_shot" in arms and "box" in prompts:
         for arm in ("none", "sas"):
             if arm in arms:
                 for ds in sorted(set(ext.dataset)):
                     rows.append(_row("box forgetting", "secondary", f"{arm}-zero_shot", "box", ds,
                                      _matrix(ext[ext.dataset == ds], arm, "zero_shot", "box"), **kw))
-    if "sas" in arms and {"box", "2click"} <= set(prompts) and not ext.empty:
-        rows.append(_row("2-click minus box", "secondary", "sas 2click-box", "2click", "external average",
-                         _matrix(ext, "sas", "sas", "2click", "box"), **kw))
+    if "box" in prompts and not ext.empty:  # the click curve against box Dice: how many clicks reach the box
+        for arm in ("none", "sas"):
+            if arm in arms:
+                for p in prompts[1:]:
+                    rows.append(_row("k-click minus box", "secondary", f"{arm} {p}-box", p, "external average",
+                                     _matrix(ext, arm, arm, p, "box"), **kw))
     for arm in sorted(arms - {"zero_shot", "none", "sas"}):
         if "none" in arms:
             for p in prompts:
@@ -180,11 +236,11 @@ def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT, method: str = "v2")
             for p in prompts:
                 rows.append(_row("gain per dataset", "exploratory", "sas-none", p, ds,
                                  _matrix(per_image[per_image.dataset == ds], "sas", "none", p), **kw))
-    return pd.DataFrame(rows, columns=GAINS_COLUMNS)
+    return p_values(pd.DataFrame(rows, columns=GAINS_COLUMNS[:-2]))
 
 
 GAINS_COLUMNS = ["endpoint", "kind", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low",
-                 "ci_high", "n_groups", "se", "df", "method"]
+                 "ci_high", "n_groups", "se", "df", "method", "seed_gains", "p", "p_holm"]
 
 
 def detectable(gains: pd.DataFrame, alpha: float = 0.05, power: float = 0.80) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-PROMPTS = ("box", "1click", "2click", "3click", "5click")  # the prompt names every stage uses
+PROMPTS = ("box", "1click", "2click", "3click", "4click", "5click")  # the prompt names every stage uses
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: diagonal neighbours belong to the same part
 

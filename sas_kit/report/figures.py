@@ -19,7 +19,9 @@ ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "
 
 def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float, float, float] = (
         PAPER["average_gain"], *PAPER["ci"])):
-    """Gain with 95% CI per dataset (rows) and prompt (markers); the paper's average as a band."""
+    """Gain with 95% CI per dataset (rows) and prompt (markers), each training seed's own gain as a small hollow dot
+    beside it (the ``seed_gains`` column, where present): the spread the interval has to hold. The paper's average
+    as a band."""
     sub = gains[(gains.comparison == comparison) & gains.endpoint.isin(["gain", "gain per dataset"])]
     sub = sub.rename(columns={"scope": "dataset"})
     datasets = list(dict.fromkeys(sub.dataset))
@@ -30,14 +32,26 @@ def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float
     for k, prompt in enumerate(prompts):
         rows = sub[sub.prompt == prompt]
         y = np.array([datasets.index(d) for d in rows.dataset]) + (k - (len(prompts) - 1) / 2) * 0.15
-        ax.errorbar(rows.gain, y, xerr=[rows.gain - rows.ci_low, rows.ci_high - rows.gain], fmt="o", ms=4,
-                    capsize=2, label=prompt)
+        bar = ax.errorbar(rows.gain, y, xerr=[rows.gain - rows.ci_low, rows.ci_high - rows.gain], fmt="o", ms=4,
+                          capsize=2, label=prompt)
+        for yy, text in zip(y, rows.get("seed_gains", pd.Series([""] * len(rows))).fillna("")):
+            values = seed_values(text)
+            if values:
+                ax.scatter(values, [yy + 0.06] * len(values), s=10, facecolors="none",
+                           edgecolors=bar[0].get_color(), linewidths=0.8, zorder=3)
+    if "seed_gains" in sub.columns and sub.seed_gains.fillna("").astype(bool).any():
+        ax.scatter([], [], s=10, facecolors="none", edgecolors="gray", label="one training seed")
     ax.set_yticks(range(len(datasets)), datasets)
     ax.invert_yaxis()
     ax.set_xlabel(f"Dice gain ({comparison.replace('-', ' − ')})")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def seed_values(text: str) -> list[float]:
+    """The gains of a ``seed_gains`` cell ("0:+0.0120 1:-0.0340 ...")."""
+    return [float(item.split(":")[1]) for item in str(text).split()] if isinstance(text, str) and text else []
 
 
 def dice_by_size(sizes: pd.DataFrame, prompt: str = "box"):
@@ -101,6 +115,30 @@ def low_data(table: pd.DataFrame):
     return fig
 
 
+def click_curve(per_image: pd.DataFrame):
+    """External-average Dice after k clicks (k = 1...5) per fine-tuned arm, with each arm's box Dice as a dashed
+    line of the same colour: where the curve meets its line is "clicks to reach box quality". Each external set
+    weighs the same (the means of its images over seeds and images); USGRA nerve and vessel are separate sets here."""
+    ext = per_image[(per_image.role == "external") & (per_image.arm != "zero_shot")]
+    clicks = [p for p in PROMPTS if p != "box" and p in set(ext.prompt)]
+    if ext.empty or not clicks:
+        raise ValueError("no external click rows")
+    means = ext.groupby(["arm", "prompt", "dataset"]).dice.mean().groupby(["arm", "prompt"]).mean()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for arm in [a for a in ARM_COLORS if a in set(ext.arm)]:
+        color = ARM_COLORS[arm]
+        ax.plot([int(p[0]) for p in clicks], [means[(arm, p)] for p in clicks], "o-", color=color, label=arm)
+        if (arm, "box") in means.index:
+            ax.axhline(means[(arm, "box")], color=color, linestyle="--", linewidth=0.8)
+    ax.set_xticks([int(p[0]) for p in clicks])
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("Dice (external average)")
+    ax.set_title("click curve; dashed: the same arm's box Dice", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: Path) -> None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -110,6 +148,7 @@ def write_figures(out: Path, plan, per_image, gains, sizes, history, panels) -> 
     """Save the figures that have data; return their file names."""
     made = []
     for name, build in (("forest.png", lambda: forest(gains)), ("dice_by_size.png", lambda: dice_by_size(sizes)),
+                        ("click_curve.png", lambda: click_curve(per_image)),
                         ("learning_curves.png", lambda: learning_curves(history)),
                         ("examples.png", lambda: examples(panels))):
         try:

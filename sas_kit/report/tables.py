@@ -48,6 +48,27 @@ def size_pivot(sizes: pd.DataFrame) -> pd.DataFrame:
     return sizes.pivot_table(index=["prompt", "arm"], columns="size_bin", values="dice_mean")[order]
 
 
+def noc_table(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset x arm: images, mean number of clicks to IoU 0.85 / 0.90 (seed-averaged per image) and the share
+    of images that never got there within the cap (NoC == cap, RITM's failure count) (noc.csv). Empty without
+    NoC columns."""
+    cols = [c for c in per_image.columns if c.startswith("noc")]
+    if not cols:
+        return pd.DataFrame()
+    first = per_image.drop_duplicates(["dataset", "arm", "seed", "id"])  # NoC is on every prompt row of an image
+    rows = []
+    for (dataset, arm), g in first.groupby(["dataset", "arm"], sort=False):
+        per = g.groupby("id")[cols + ["max_clicks"]].mean()
+        if per[cols].isna().all().all():
+            continue
+        row = {"dataset": dataset, "arm": arm, "n": len(per), "cap": int(per.max_clicks.max())}
+        for c in cols:
+            row[f"{c}_mean"] = per[c].mean()
+            row[f"{c}_failed"] = float((g[c] >= g.max_clicks).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _fmt(mean, lo, hi, signed=False) -> str:
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
@@ -68,25 +89,48 @@ def _where(r) -> str:
     return "above zero" if r.ci_low > 0 else "below zero" if r.ci_high < 0 else "includes zero"
 
 
+def _seeds(r) -> str:
+    """The per-seed gains of a row, as printed beside its pooled interval."""
+    text = r.get("seed_gains") if hasattr(r, "get") else None
+    return f"; per seed {text}" if isinstance(text, str) and text else ""
+
+
+def _holm(r) -> str:
+    p = r.get("p_holm") if hasattr(r, "get") else None
+    return f", Holm p {p:.3f}" if p is not None and pd.notna(p) else ""
+
+
 def verdict(gains: pd.DataFrame) -> list[str]:
     """Plain sentences for the pre-registered endpoints, whichever way they point (no best-cell headline)."""
     lines = []
     for _, r in gains[gains.kind == "primary"].iterrows():
         lines.append(f"- Primary — external-average gain SAS − none, {r.prompt}: {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
-                     f"(95% CI {_where(r)}; {r.n_images} images x {r.n_seeds} seeds; paper, over its own external sets: "
-                     f"+{PAPER['average_gain']:.2f} [{PAPER['ci'][0]}, {PAPER['ci'][1]}]).")
+                     f"(95% CI {_where(r)}{_holm(r)}; {r.n_images} images x {r.n_seeds} seeds{_seeds(r)}; paper, over "
+                     f"its own external sets: +{PAPER['average_gain']:.2f} [{PAPER['ci'][0]}, {PAPER['ci'][1]}]).")
     box = gains[(gains.endpoint == "gain") & (gains.prompt == "box")]
     for _, r in box.iterrows():
         lines.append(f"- Secondary — box prompts, SAS − none: {_fmt(r.gain, r.ci_low, r.ci_high, True)} (CI {_where(r)}).")
-    large = gains[gains.endpoint.str.contains("large-organ")]
+    small = gains[gains.endpoint == "small-target gain"]
+    for _, r in small.iterrows():
+        lines.append(f"- Small targets ({r.scope}, {r.prompt}): {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
+                     f"(CI {_where(r)}{_holm(r)}; n={r.n_images}{_seeds(r)}).")
+    large = gains[gains.endpoint.str.contains("large-organ|large-target")]
     for _, r in large.iterrows():
         said = ("SAS LOSES on large targets" if r.ci_high < 0 else "no loss detected" if r.ci_low <= 0 else "SAS gains")
-        lines.append(f"- Large-organ check (> 20 % of the image, external, {r.prompt}): {_fmt(r.gain, r.ci_low, r.ci_high, True)}"
-                     f", n={r.n_images} — {said} (paper: {PAPER['large']}).")
-    gap = gains[gains.endpoint == "2-click minus box"]
+        lines.append(f"- Large-target check (> 20 % of the image, external, {r.prompt}): {_fmt(r.gain, r.ci_low, r.ci_high, True)}"
+                     f", n={r.n_images}{_holm(r)} — {said} (paper: {PAPER['large']}).")
+    for _, r in gains[gains.endpoint.str.startswith("NoC gain")].iterrows():
+        lines.append(f"- Clicks needed, SAS − none ({r.prompt}, external average; negative = fewer clicks): "
+                     f"{_fmt(r.gain, r.ci_low, r.ci_high, True)} (CI {_where(r)}).")
+    gap = gains[gains.endpoint == "2-click minus box"]  # v1 tables
     for _, r in gap.iterrows():
         lines.append(f"- Two clicks vs box after SAS (external average): {_fmt(r.gain, r.ci_low, r.ci_high, True)} "
                      f"(paper: {PAPER['clicks']}).")
+    for r in stats.clicks_to_box(gains).itertuples():
+        def k(v):
+            return f"> {r.k_max}" if v is None or pd.isna(v) else f"{int(v)}"
+        lines.append(f"- Clicks to reach box Dice, arm {r.arm} (external average): {k(r.clicks)} "
+                     f"(95% CI from {k(r.clicks_low)} to {k(r.clicks_high)}; paper: {PAPER['clicks']}).")
     forget = gains[gains.endpoint == "box forgetting"]
     if not forget.empty:
         worst = forget.sort_values("gain").iloc[0]
@@ -96,6 +140,20 @@ def verdict(gains: pd.DataFrame) -> list[str]:
         lines.append(f"- What this run can detect: a primary gain of about {stats.detectable(gains):.3f} Dice would be "
                      "found with 80 % power (two-sided, 0.05; from the same standard errors as the intervals).")
     return lines
+
+
+SUMMARY_COLUMNS = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high",
+                   "p_holm", "seed_gains"]
+
+
+def _draw(plan) -> str:
+    """How the external test images were drawn, in words."""
+    if plan.eval_limit is None:
+        return "every non-empty image"
+    if getattr(plan, "test_draw", "hash") == "by_size":
+        return (f"every target under 1 % and over 20 % of the image, plus the {plan.eval_limit} lowest-hash targets of "
+                "each other size bin, per set")
+    return f"deterministic draw of up to {plan.eval_limit} non-empty images per set"
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -111,15 +169,18 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
     results, gains, sizes = results_table(per_image), stats.endpoints(per_image), sizebin_table(per_image)
     results.to_csv(out / "results.csv", index=False)
     gains.to_csv(out / "gains.csv", index=False)
+    noc = noc_table(per_image)
+    if not noc.empty:
+        noc.to_csv(out / "noc.csv", index=False)
     sizes.to_csv(out / "sizebins.csv", index=False)
     figs = figures.write_figures(out, plan, per_image, gains, sizes, history, panels)
     low = low_data_section(out, curve) if curve is not None else []
     t = record["timings"]
-    cols = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
+    cols = [c for c in SUMMARY_COLUMNS if c in gains.columns]
     md = [f"# SAS reproduction — profile `{plan.profile}`, model `{plan.model}`", "",
           f"Data: {plan.data_source}. Internal: `{plan.internal}` ({record['train_images']} training images, whole "
-          f"test split scored); external (never trained on, all splits pooled, deterministic draw of up to "
-          f"{plan.eval_limit} non-empty images): {', '.join(f'`{e}`' for e in plan.externals) or 'none (phantom smoke run)'}.",
+          f"test split scored); external (never trained on, all splits pooled): {_draw(plan)}: "
+          f"{', '.join(f'`{e}`' for e in plan.externals) or 'none (phantom smoke run)'}.",
           f"Images scored (non-empty): {', '.join(f'{k} {v}' for k, v in record['n_test'].items())}; empty masks left "
           f"out of the pools: {', '.join(f'{k} {v}' for k, v in record['empty_left_out'].items())}.",
           f"Arms: {', '.join(plan.arms)}; prompts: {', '.join(plan.prompts)} (zero_shot: box); seeds: {list(plan.seeds)}; "
@@ -137,11 +198,16 @@ def write_report(out: Path, plan, per_image: pd.DataFrame, history: pd.DataFrame
           f"{t['workers'] or 'no'} worker(s); summed over runs: training {t['train_s']:.0f} s, evaluation "
           f"{t['evaluate_s']:.0f} s); training image-encoder calls: {t['encoder_calls']}.",
           "", "## What the numbers say (endpoints fixed in docs/protocol.md before the run)", "", *verdict(gains), "",
-          "## Primary and secondary endpoints (paired, 95% CI over seeds and images)", "",
+          "## Primary, named and secondary endpoints (paired, 95% CI over seeds and acquisition groups)", "",
+          "Holm's adjustment within the primary family and within the named family (p_holm in gains.csv); "
+          "per-seed gains are each training run's own estimate (seed:gain).", "",
           _table(gains[gains.kind != "exploratory"][cols]), "",
           "## Exploratory (per dataset, controls; not corrected for multiplicity — no headline)", "",
           _table(gains[gains.kind == "exploratory"][cols]), "",
           "## Dice per dataset and arm (seed-averaged, 95% CI over images)", "", pooled_table(per_image).to_markdown(), "",
+          *([f"## Number of clicks to IoU 0.85 / 0.90 (cap {int(noc.cap.max())} click rounds; failed = never "
+             "reached within the cap, counted at the cap)", "", noc.to_markdown(index=False, floatfmt='.2f'), ""]
+            if not noc.empty else []),
           "## Dice by target size (all datasets pooled, seed-averaged; n images per bin in sizebins.csv)", "",
           size_pivot(sizes).to_markdown(floatfmt=".3f"), "",
           "## Paper, for comparison", "",
@@ -186,7 +252,7 @@ def readme_block(out: Path, command: str, endpoints: tuple[str, ...] | None = No
 
     plan = json.loads((Path(out) / "plan.json").read_text())
     gains = pd.read_csv(Path(out) / "gains.csv")
-    cols = ["endpoint", "comparison", "prompt", "scope", "n_images", "n_seeds", "gain", "ci_low", "ci_high"]
+    cols = [c for c in SUMMARY_COLUMNS if c in gains.columns]
     lines = [f"Generated by `{command}` (profile `{plan['profile']}`, model `{plan['model']}`, arms "
              f"{', '.join(plan['arms'])}, seeds {plan['seeds']}, {plan['train_images']} training images, "
              f"{plan['samples_per_arm_seed']} prompted samples per arm x seed, images scored "
