@@ -115,3 +115,9 @@ def test_report_writes_noc_table_click_curve_and_forest_with_seed_dots(tmp_path)
     lines = tables.verdict(stats.endpoints(per_image))
     assert any("Clicks to reach box Dice, arm sas" in line for line in lines)
     assert any("per seed 0:" in line for line in lines)
+
+
+def test_a_run_without_external_sets_says_why_it_has_no_endpoint():
+    gains = stats.endpoints(_per_image().assign(role="internal"))
+    lines = tables.verdict(gains)
+    assert len(lines) == 1 and "No endpoint can be computed" in lines[0]

@@ -136,6 +136,10 @@ def verdict(gains: pd.DataFrame) -> list[str]:
         worst = forget.sort_values("gain").iloc[0]
         lines.append(f"- Box forgetting (fine-tuned − zero-shot box, per external set): from {forget.gain.min():+.3f} "
                      f"to {forget.gain.max():+.3f}; lowest {worst.comparison} on {worst.scope}.")
+    if not lines:
+        lines.append("- No endpoint can be computed from this run: the endpoints compare SAS with none on external "
+                     "test sets, and this run has no external set or not both arms (a phantom smoke run scores the "
+                     "phantom only; real data: set SAS_KIT_MIRROR or `sas-kit data prepare`).")
     if not gains[gains.kind == "primary"].empty:
         lines.append(f"- What this run can detect: a primary gain of about {stats.detectable(gains):.3f} Dice would be "
                      "found with 80 % power (two-sided, 0.05; from the same standard errors as the intervals).")
