@@ -13,7 +13,7 @@ export SAS_KIT_WEIGHTS_DIR
 endif
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test test-browser venv lab clean-notebooks
+.PHONY: demo test test-browser venv lab clean-notebooks site
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The course site's extra (Sphinx + myst-nb + sphinx-book-theme; docs/site.md), for `make site` and tests/test_site.py.
+$(VENV)/.site-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[site]"
+	touch $@
+
 demo: venv
 	$(BIN)/sas-kit demo
 
-test: venv
+test: venv $(VENV)/.site-installed
 	$(BIN)/python -m pytest -q tests notebooks/01_datasets.ipynb --nbval-lax
 
 # Only the real-browser widget tests (JupyterLab + headless Chromium); `make test` runs them too.
@@ -41,3 +46,7 @@ lab: venv
 
 clean-notebooks: venv
 	$(BIN)/python tools/notebooks.py --strip notebooks/*.ipynb
+
+# The course site: every chapter executed with the quick profile, rendered to _build/site/html (docs/site.md).
+site: venv $(VENV)/.site-installed
+	$(BIN)/python book/build.py --out _build/site
