@@ -18,13 +18,46 @@ def phantoms():
 
 def test_show_pair_draws_paste_and_roi_boxes(phantoms):
     image, mask, _ = phantoms[0]
-    out, out_mask, rec = make_policy("sas", p_scale=1.0, p_noise=1.0)(image, mask, 0)
+    out, out_mask, rec = make_policy("sas", p_scale=1.0, p_noise=1.0, scale_range=(0.6, 0.6), roi_crop_prob=0.0)(
+        image, mask, 0)
     fig = viz.show_pair(image, mask, out, out_mask, rec)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert isinstance(fig, Figure) and len(fig.axes) == 2  # a large thumbnail: no enlarged panel
     labels = {p.get_label() for p in fig.axes[1].patches}
     assert labels == {"paste box", "noise ROI box"}
     assert "sas" in fig.get_suptitle() and str(rec["mask_area"]) in fig.get_suptitle()
     fig.canvas.draw()  # renders without error
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.3])
+def test_show_pair_enlarges_a_small_paste_box(phantoms, scale):
+    image, mask, _ = phantoms[0]
+    fig = viz.render_sas(image, mask, scale=scale, noise_model="gaussian", strength=0.3)
+    record_box = [p for p in fig.axes[1].patches if p.get_label() == "paste box"][0]
+    assert len(fig.axes) == 3 and "paste box enlarged" in fig.axes[2].get_title()
+    zoomed = fig.axes[2].images[0].get_array()
+    w, h = record_box.get_width(), record_box.get_height()
+    assert max(w / image.shape[1], h / image.shape[0]) < viz.ZOOM_BELOW
+    assert zoomed.shape[0] < image.shape[0] / 2 and zoomed.shape[0] >= h  # the paste box and a small margin
+    assert {p.get_label() for p in fig.axes[2].patches} == {"paste box", "noise ROI box"}
+    fig.canvas.draw()
+    for large in (0.5, 1.0):
+        assert len(viz.render_sas(image, mask, scale=large).axes) == 2
+
+
+def test_slider_params_are_sasparams_fields_and_reproduce_render_sas(phantoms):
+    from sas_kit.augment import SASParams
+
+    image, mask, _ = phantoms[1]
+    settings = dict(scale=0.3, noise_model="texture", strength=0.2, roi_margin=0.5, roi_crop=True)
+    fields = viz.slider_params(**settings)
+    SASParams(**fields)  # every key is a field (an unknown one would raise)
+    out, out_mask, record = make_policy("sas", **fields)(image, mask, np.random.default_rng(3))
+    fig = viz.render_sas(image, mask, seed=3, **settings)
+    assert fig.get_suptitle() == viz.describe(record)
+    assert np.array_equal(fig.axes[1].images[0].get_array(), out)
+    assert viz.slider_params(scale=1.0)["p_scale"] == 0 == viz.slider_params(noise_model="none")["p_noise"]
+    with pytest.raises(ValueError):
+        viz.slider_params(noise_model="salt")
 
 
 def test_show_pair_without_record_and_empty_mask(phantoms):
@@ -85,12 +118,32 @@ def test_sas_explorer_calls_render_and_updates(phantoms):
     assert calls and calls[-1]["scale"] == 0.5 and calls[-1]["noise_model"] == "gamma"
     record, out = ui.children[1], ui.children[2]
     assert len(out.outputs) == 1 and "no scale step" in record.value
+    params = ui.children[0].children[-1]  # the SASParams fields the sliders set, under the controls
+    assert '"scale_range": [0.5, 0.5]' in params.value and '"noise_models": ["gamma"]' in params.value
     controls = _controls(ui)
     controls["scale"].value = 0.3
     assert calls[-1]["scale"] == 0.3 and len(out.outputs) == 1
     assert not loaded  # lazy: "b" is loaded only when picked
     controls["dataset"].value = "b"
     assert loaded and controls["image"].max == 0
+
+
+def test_sas_explorer_says_what_was_applied_once(phantoms):
+    ui = viz.sas_explorer({"a": [("x", im, m) for im, m, _ in phantoms[:1]]})
+    record, out = ui.children[1], ui.children[2]
+    assert record.value.startswith("applied: sas, scale 0.50")
+    figure = out.outputs[0]["data"]["text/plain"]
+    assert "Figure" in figure
+    _controls(ui)["scale"].value = 0.3
+    assert "scale 0.30" in record.value and '"scale_range": [0.3, 0.3]' in ui.children[0].children[-1].value
+
+
+def test_sas_explorer_figure_has_no_title_repeating_the_record(phantoms):
+    shown = []
+    render = lambda image, mask, **s: shown.append(viz.render_sas(image, mask, **s)) or shown[-1]  # noqa: E731
+    ui = viz.sas_explorer({"a": [("x", im, m) for im, m, _ in phantoms[:1]]}, render=render)
+    assert shown and shown[-1].get_suptitle() == ""  # said once, in the line above the figure
+    assert "gamma 0.15" in ui.children[1].value
 
 
 def test_sas_explorer_disables_noise_controls_without_noise(phantoms):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from sas_kit.report.plots import overlay
 
 SIZE_BINS = (0.01, 0.05, 0.20)  # edges of the "<1%", "1-5%", "5-20%", ">20%" evaluation bins
 NOISE_CHOICES = ("none", "gaussian", "rayleigh", "gamma", "texture")
+ZOOM_BELOW = 0.4  # show_pair enlarges the paste box when its longer side is under this fraction of the image
 
 
 def describe(record: dict | None) -> str:
@@ -43,22 +45,47 @@ def _box(ax, box, color: str, label: str) -> None:
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=color, lw=1, ls="--", label=label))
 
 
+def _zoom_window(paste_box, hw: tuple[int, int]) -> list[int] | None:
+    """The paste box grown by a fifth of its size on each side (clipped), or None when it is not small."""
+    x0, y0, x1, y1 = paste_box
+    H, W = hw
+    if max((x1 - x0) / W, (y1 - y0) / H) >= ZOOM_BELOW:
+        return None
+    pad = max(2, round(0.2 * max(x1 - x0, y1 - y0)))
+    return [max(0, x0 - pad), max(0, y0 - pad), min(W, x1 + pad), min(H, y1 + pad)]
+
+
 def show_pair(image: np.ndarray, mask: np.ndarray, aug_image: np.ndarray, aug_mask: np.ndarray,
               record: dict | None = None) -> Figure:
     """Original and augmented image side by side, masks overlaid; the paste box (yellow) and the noise
-    ROI box (cyan) from ``record`` are drawn on the augmented image."""
-    fig = Figure(figsize=(8, 4.3), layout="constrained")
-    a, b = fig.subplots(1, 2)
-    overlay(a, image, np.asarray(mask, bool), f"original ({int(np.count_nonzero(mask))} px)")
-    overlay(b, aug_image, np.asarray(aug_mask, bool), "augmented")
+    ROI box (cyan) from ``record`` are drawn on the augmented image. When the thumbnail is small (its longer
+    side under ``ZOOM_BELOW`` of the image) a third panel shows the paste box enlarged, pixel for pixel, so
+    the noise inside a small thumbnail can be seen."""
     record = record or {}
     scale, noise = record.get("scale"), record.get("noise")
+    shrunk = isinstance(scale, dict) and scale.get("applied")
+    window = _zoom_window(scale["paste_box"], np.shape(mask)) if shrunk else None
+    fig = Figure(figsize=(12, 4.3) if window else (8, 4.3), layout="constrained")
+    axes = fig.subplots(1, 3 if window else 2)
+    a, b = axes[0], axes[1]
+    overlay(a, image, np.asarray(mask, bool), f"original ({int(np.count_nonzero(mask))} px)")
+    overlay(b, aug_image, np.asarray(aug_mask, bool), "augmented")
     if isinstance(scale, dict) and scale.get("applied"):
         _box(b, scale["paste_box"], "yellow", "paste box")
     if isinstance(noise, dict) and noise.get("applied"):
         _box(b, noise["roi_box"], "cyan", "noise ROI box")
     if b.patches:
         b.legend(loc="lower right", fontsize=7, framealpha=0.6)
+    if window:
+        x0, y0, x1, y1 = window
+        z = axes[2]
+        zoom = min(np.shape(mask)[1] / (x1 - x0), np.shape(mask)[0] / (y1 - y0))
+        overlay(z, np.asarray(aug_image)[y0:y1, x0:x1], np.asarray(aug_mask, bool)[y0:y1, x0:x1],
+                f"paste box enlarged ×{zoom:.1f}")
+        shift = lambda box: [box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]  # noqa: E731
+        _box(z, shift(scale["paste_box"]), "yellow", "paste box")
+        if isinstance(noise, dict) and noise.get("applied"):
+            _box(z, shift(noise["roi_box"]), "cyan", "noise ROI box")
     fig.suptitle(describe(record), fontsize=9)
     return fig
 
@@ -105,17 +132,26 @@ def area_histogram(before: Sequence[float], after: Sequence[float], bins: int = 
     return fig
 
 
-def render_sas(image: np.ndarray, mask: np.ndarray, scale: float = 0.5, noise_model: str = "gamma",
-               strength: float = 0.15, roi_margin: float = 0.25, roi_crop: bool = False, seed: int = 0) -> Figure:
-    """The widget's callback: SAS with the given settings applied for certain (scale 1.0 = no scale step,
-    noise_model "none" = no noise step; the figure's title says which steps ran), shown with :func:`show_pair`."""
+def slider_params(scale: float = 0.5, noise_model: str = "gamma", strength: float = 0.15, roi_margin: float = 0.25,
+                  roi_crop: bool = False) -> dict:
+    """The ``SASParams`` fields (sas_kit/augment/sas.py) that the explorer's sliders set: each step drawn for
+    certain with exactly the slider's value (scale 1.0 = ``p_scale`` 0, noise "none" = ``p_noise`` 0). The same
+    dict is what ``SAS_PARAMS`` (notebook 04) or ``--sas-params`` take; a training run usually widens the single
+    values into ranges and keeps the probabilities below 1, so that some views stay unchanged."""
     if noise_model not in NOISE_CHOICES:
         raise ValueError(f"noise_model must be one of {NOISE_CHOICES}, got {noise_model!r}")
-    params = dict(p_scale=0.0 if scale >= 1.0 else 1.0, scale_range=(scale, scale), min_target_area=0,
-                  roi_crop_prob=1.0 if roi_crop else 0.0, p_noise=0.0 if noise_model == "none" else 1.0,
-                  noise_models=(noise_model,) if noise_model != "none" else ("gaussian",),
-                  noise_strength=(strength, strength), roi_margin=roi_margin)
-    policy = make_policy("sas", **params)
+    return dict(p_scale=0.0 if scale >= 1.0 else 1.0, scale_range=[scale, scale], min_target_area=0,
+                roi_crop_prob=1.0 if roi_crop else 0.0, p_noise=0.0 if noise_model == "none" else 1.0,
+                noise_models=[noise_model] if noise_model != "none" else ["gaussian"],
+                noise_strength=[strength, strength], roi_margin=roi_margin)
+
+
+def render_sas(image: np.ndarray, mask: np.ndarray, scale: float = 0.5, noise_model: str = "gamma",
+               strength: float = 0.15, roi_margin: float = 0.25, roi_crop: bool = False, seed: int = 0) -> Figure:
+    """The widget's callback: SAS with :func:`slider_params` (every step applied for certain; scale 1.0 = no
+    scale step, noise_model "none" = no noise step; the figure's title says which steps ran), shown with
+    :func:`show_pair`."""
+    policy = make_policy("sas", **slider_params(scale, noise_model, strength, roi_margin, roi_crop))
     aug_image, aug_mask, record = policy(image, mask, np.random.default_rng(seed))
     return show_pair(image, mask, aug_image, aug_mask, record)
 
@@ -157,8 +193,9 @@ def load_items(pairs: dict, name: str) -> list:
 def sas_explorer(pairs: dict[str, Sequence | Callable], render: Callable[..., Figure] = render_sas):
     """An ipywidgets UI over ``pairs`` ({dataset: [(id, image, mask), ...] or a loader returning them}):
     dataset and image pickers and sliders for scale, noise model, noise strength and ROI margin; each change
-    calls ``render`` and shows its figure and what was applied (the figure's title). Errors, including a
-    dataset that is not available, are printed in the output instead of leaving it blank.
+    calls ``render`` and shows its figure, what was applied (the figure's title, moved into the line above the
+    figure so it is not shown twice) and the ``SASParams`` fields the sliders set (:func:`slider_params`). Errors,
+    including a dataset that is not available, are printed in the output instead of leaving it blank.
 
     The figure is written into the Output widget's state (no ``with output:`` capture): notebook runners
     (papermill/nbclient) can deadlock on captured widget output, so this UI is safe to build under them."""
@@ -182,6 +219,8 @@ def sas_explorer(pairs: dict[str, Sequence | Callable], render: Callable[..., Fi
     hint = w.HTML("scale 1.0 = no scale step; noise <i>none</i> = no noise step")
     record = w.HTML()
     record.add_class("sas-record")
+    as_params = w.HTML()
+    as_params.add_class("sas-params")
     out = w.Output()
     out.add_class("sas-figure")
 
@@ -193,8 +232,12 @@ def sas_explorer(pairs: dict[str, Sequence | Callable], render: Callable[..., Fi
             c["index"].max = len(items) - 1
             _, image, mask = items[min(c["index"].value, len(items) - 1)]
             settings = {k: c[k].value for k in ("scale", "noise_model", "strength", "roi_margin", "roi_crop", "seed")}
+            fields = slider_params(**{k: v for k, v in settings.items() if k != "seed"})
+            as_params.value = ("as <code>SASParams</code> fields (notebook 04's SAS_PARAMS): "
+                               f"<code>{json.dumps(fields)}</code>")
             fig = render(image, mask, **settings)
             record.value = "applied: " + (fig.get_suptitle() or "(no record)")
+            fig.suptitle("")  # said in the line above the figure: not twice
             out.append_display_data(fig)
         except Exception as error:  # show it in the UI, where the user is looking
             record.value = "applied: nothing (see the message below)"
@@ -204,4 +247,4 @@ def sas_explorer(pairs: dict[str, Sequence | Callable], render: Callable[..., Fi
         control.observe(update, names="value")
     update()
     rows = [("dataset", "index"), ("scale", "noise_model"), ("strength", "roi_margin"), ("roi_crop", "seed")]
-    return w.VBox([w.VBox([w.HBox([c[a], c[b]]) for a, b in rows] + [hint]), record, out])
+    return w.VBox([w.VBox([w.HBox([c[a], c[b]]) for a, b in rows] + [hint, as_params]), record, out])
