@@ -153,7 +153,7 @@ def serial_run(grid_env):
 def test_workers_give_the_serial_results(serial_run, grid_env):
     pytest.importorskip("distributed")
     root, env = grid_env
-    done = reproduce(root / "workers", "--workers", "2", env=env)
+    done = reproduce(root / "workers", "--workers", "2", "--threads", "1", env=env)  # the serial run's threads
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("results.csv", "per_image.csv"):
         a, b = pd.read_csv(serial_run / name), pd.read_csv(root / "workers" / name)
@@ -219,3 +219,30 @@ def test_workers_without_dask_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"sas-kit\[cluster\]"):
         with executor.dask_client(2, None):
             pass
+
+
+def test_threads_per_run_are_settled_once_the_same_serially_and_on_workers(phantom_only, monkeypatch, tmp_path):
+    """The floats depend on torch's threads per run: by default --workers uses the serial default's, so its tables
+    are the serial tables (before, workers took cores // workers and differed from the serial default)."""
+    from contextlib import contextmanager
+
+    plan = make_plan("quick", arms=("none",))
+    seen = {}
+    monkeypatch.setattr(executor, "run_task", lambda task, threads=None, **kw: seen.setdefault("serial", threads))
+    executor.run_plan(plan, tmp_path, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    @contextmanager
+    def fake_client(workers, cluster, gpu=False, threads=1):
+        seen["workers"] = threads
+        raise Stop
+
+    monkeypatch.setattr(executor, "dask_client", fake_client)
+    with pytest.raises(Stop):
+        executor.run_plan(plan, tmp_path, workers=2, progress=False)
+    assert seen == {"serial": torch.get_num_threads(), "workers": torch.get_num_threads()}
+    with pytest.raises(Stop):
+        executor.run_plan(plan, tmp_path, workers=2, progress=False, threads=1)
+    assert seen["workers"] == 1

@@ -57,7 +57,8 @@ def bench_grid(workers: int = 2, epochs: tuple[int, ...] = (1, 6), seeds: tuple[
     runs), at each number of ``epochs`` (1: the quick profile's ~4 s runs; 6: runs long enough that fixed costs
     stop mattering), as ``run_protocol`` runs them, each way in a fresh Python and a fresh output folder so every
     run trains: serially with torch's threads, serially with one thread, and with ``workers`` local Dask workers
-    (one thread each). A first, untimed run fills the shared
+    (with the serial default's threads per run, the default, which oversubscribes a small machine; and with one
+    thread each). A first, untimed run fills the shared
     embedding store and the file cache, so every way pays the same (no) encodes. Wall time includes starting Python,
     making the plan and writing the report (the serial part of any reproduction). One row per way, then the
     engine's own cost: cluster start + stop, and the round trip of a trivial task."""
@@ -67,7 +68,8 @@ def bench_grid(workers: int = 2, epochs: tuple[int, ...] = (1, 6), seeds: tuple[
         for n in epochs:
             first = len(rows)
             for way, extra in (("serial, torch threads", {}), ("serial, 1 thread", {"threads": 1}),
-                               (f"--workers {workers}", {"workers": workers})):
+                               (f"--workers {workers} (serial's threads)", {"workers": workers}),
+                               (f"--workers {workers} --threads 1", {"workers": workers, "threads": 1})):
                 wall, plan = _reproduce(Path(tmp) / f"way{len(rows)}", {**extra, "epochs": n, "seeds": list(seeds)})
                 t = plan["timings"]
                 rows.append({"epochs": n, "way": way, "runs": len(plan["runs"]), "threads_per_run": t["threads"],

@@ -26,8 +26,9 @@ def register(sub) -> None:
                      help="run on an existing Dask scheduler (tcp://HOST:PORT) or on SLURM jobs (slurm; --workers "
                           "jobs, dask-jobqueue's jobqueue.slurm config)")
     rep.add_argument("--threads", type=int, default=None,
-                     help="torch threads per run (default: torch's choice serially, cores // workers with --workers); "
-                          "float results depend on it, not on how the runs are spread")
+                     help="torch threads per run, serially and on workers (default: torch's choice, so --workers gives "
+                          "the serial tables); float results depend on it, not on how the runs are spread. "
+                          "With --workers N on a small machine, --threads 1 runs faster")
     rep.add_argument("--readme", help="also write the endpoints into this README's results section")
     rep.add_argument("--readme-marker", default="results", help="README section marker (results, controls, ...)")
     rep.set_defaults(func=run)

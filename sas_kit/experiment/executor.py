@@ -168,12 +168,17 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
              threads: int | None = None) -> list[dict]:
     """Train and score every task of ``plan`` into ``out/runs``; return one record per task, in plan order.
 
-    Serial in this process by default; ``workers=N`` starts a local Dask cluster of N single-threaded worker
-    processes (stopped at the end); ``cluster`` an address of a running Dask scheduler, or ``"slurm"`` (N SLURM jobs
-    through dask-jobqueue, one GPU each when the plan's device is CUDA). ``threads``: torch's intra-op threads per
-    run (default: torch's own choice serially, ``cores // workers`` on a local cluster, 1 on other clusters).
-    Float results depend on it (a reduction split over more threads adds in another order), not on which process
-    or in which order the runs go: the same ``threads`` gives the same numbers serially and on workers."""
+    Serial in this process by default; ``workers=N`` starts a local Dask cluster of N worker processes (stopped at
+    the end); ``cluster`` an address of a running Dask scheduler, or ``"slurm"`` (N SLURM jobs through
+    dask-jobqueue, one GPU each when the plan's device is CUDA). ``threads``: torch's intra-op threads per run,
+    resolved once here for every way of running: by default this process's own (torch's choice, the serial
+    default). Float results depend on it (a reduction split over more threads adds in another order), not on which
+    process or in which order the runs go, so by default ``--workers`` gives the same tables as a serial run. On a
+    local cluster that oversubscribes the cores (N workers x threads > cores); ``threads=1`` runs faster there
+    (README, "Spreading runs") and gives the same numbers as a serial run with ``threads=1``."""
+    import torch
+
+    threads = int(threads or torch.get_num_threads())
     tasks = unique_tasks(plan)
     for task in tasks:
         for line in stale_runs(out, task.spec):
@@ -183,7 +188,6 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
         return [run_task(t, progress=progress, threads=threads, **args) for t in tasks]
     from tqdm.auto import tqdm
 
-    threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers and not cluster else 1)
     with dask_client(workers, cluster, gpu=plan.device.startswith("cuda"), threads=threads) as client:
         resources = {"GPU": 1} if plan.device.startswith("cuda") and cluster else None
         futures = client.map(run_task, tasks, progress=False, threads=threads, pure=False, resources=resources, **args)
@@ -221,8 +225,11 @@ def dask_client(workers: int, cluster: str | None, gpu: bool = False, threads: i
         # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which fixes glibc's mmap threshold at
         # 128 KiB: every large tensor is then mmapped and faulted in afresh (measured: a quick run 2x slower).
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if workers * threads > (os.cpu_count() or 1):  # more threads than cores: waiting threads sleep, not spin
+                env["OMP_WAIT_POLICY"] = "PASSIVE"
             made = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+                                env=env)
     client = Client(made) if made is not None else Client(cluster)
     try:
         yield client
