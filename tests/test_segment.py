@@ -71,7 +71,7 @@ def test_bad_prompts(lite, two_part):
     with pytest.raises(ValueError, match="empty"):
         segment.predict(lite, LITE, image, np.zeros_like(mask), "box", embedding=embedding, meta=meta)
     with pytest.raises(ValueError, match="unknown prompt"):
-        segment.predict(lite, LITE, image, mask, "4click", embedding=embedding, meta=meta)
+        segment.predict(lite, LITE, image, mask, "7click", embedding=embedding, meta=meta)
     with pytest.raises(ValueError, match="does not match"):
         segment.predict(lite, LITE, image[:100], mask[:100], "box", embedding=embedding, meta=meta)
     one = np.zeros_like(mask)

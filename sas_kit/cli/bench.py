@@ -1,4 +1,4 @@
-"""``sas-kit bench augment|train|encoder|memory|grid``: benchmarks that print tables (speed goals live here, not in tests)."""
+"""``sas-kit bench augment|train|encoder|memory|grid|score``: benchmarks that print tables (speed goals live here, not in tests)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import sys
 
 def register(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["augment", "train", "encoder", "memory", "grid"], help="what to benchmark")
+    bench.add_argument("what", choices=["augment", "train", "encoder", "memory", "grid", "score"], help="what to benchmark")
     bench.add_argument("--n", type=int, default=None, help="images / steps per measurement")
-    bench.add_argument("--model", default="litemedsam", help="model for `bench train`")
+    bench.add_argument("--model", default="litemedsam", help="model for `bench train|encoder|score`")
     bench.add_argument("--json", action="store_true", help="print rows as JSON")
     bench.add_argument("--profile", default="quick", help="notebook profile for `bench memory`")
     bench.add_argument("--notebooks", nargs="*", default=None,
                        help="`bench memory`: notebook name prefixes, e.g. 02 03 (default: all)")
     bench.add_argument("--no-demo", action="store_true", help="`bench memory`: skip `sas-kit demo`")
+    bench.add_argument("--mmap-threshold", type=int, default=None,
+                       help="`bench memory`: glibc mmap threshold in bytes for the kernels (default: Binder's, "
+                            "binder/start; 0: the kit's default, faster and larger)")
     bench.add_argument("--workers", type=int, default=2, help="`bench grid`: local Dask workers (default 2)")
     bench.set_defaults(func=run)
 
@@ -46,10 +49,11 @@ def run(args) -> int:
     kwargs = {}
     if args.n is not None:
         kwargs["n"] = args.n
-    if args.what in ("train", "encoder"):
+    if args.what in ("train", "encoder", "score"):
         kwargs["model"] = args.model
     if args.what == "memory":
-        kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo}
+        kwargs = {"profile": args.profile, "notebooks": args.notebooks, "demo": not args.no_demo,
+                  "mmap_threshold": args.mmap_threshold}
     if args.what == "grid":
         kwargs = {"workers": args.workers}
     try:

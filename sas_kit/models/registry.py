@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from sas_kit.models import checkpoints
+from sas_kit.models import fast_decode
+from sas_kit.models.fast_decode import fast_decode_enabled, set_fast_decode  # noqa: F401  (public switches)
 from sas_kit.models import precision as precision_policy
 from sas_kit.models import preprocess as _prep
 from sas_kit.models.preprocess import SAM_MEAN as _SAM_MEAN
@@ -214,7 +216,9 @@ def decode_batch(sam, embeddings: torch.Tensor, scales, boxes=None, points=None,
     ``embeddings`` Gx256x64x64; ``scales`` G x (sx, sy) from each image's meta ``scale_xy``; ``boxes`` Gx4 xyxy and
     ``points`` GxKx2 xy in ORIGINAL image pixels (``labels`` GxK: 1 positive, 0 negative); ``mask_input``
     Gx1x256x256 previous low-res logits. Returns (low_res_logits Gx1x256x256, iou_pred Gx1); with ``multimask``
-    the output with the highest predicted IoU is kept per image. Differentiable outside ``torch.no_grad()``.
+    the output with the highest predicted IoU is kept per image. Differentiable outside ``torch.no_grad()``;
+    with gradients off it takes the fast inference path (:func:`sas_kit.models.fast_decode.predict_masks`;
+    ``SAS_KIT_FAST_DECODE=0`` or :func:`set_fast_decode` turns it off).
     """
     device = embeddings.device
     scale = _to_tensor(scales, device).reshape(-1, 2)
@@ -228,6 +232,16 @@ def decode_batch(sam, embeddings: torch.Tensor, scales, boxes=None, points=None,
         pts = (coords, _to_tensor(labels, device).reshape(scale.shape[0], -1).to(torch.int64))
     if mask_input is not None:
         mask_input = _to_tensor(mask_input, device).reshape(-1, 1, *mask_input.shape[-2:])
+    if fast_decode_enabled() and not torch.is_grad_enabled():
+        sparse, _ = sam.prompt_encoder(points=pts, boxes=box_t, masks=None)  # the dense part is built channels-last
+        outputs = list(range(1, sam.mask_decoder.num_mask_tokens)) if multimask else [0]
+        masks, iou = fast_decode.predict_masks(sam, embeddings, sparse, mask_input, outputs)
+        if multimask:
+            iou = iou[:, 1:]
+            best = iou.argmax(dim=1)
+            rows = torch.arange(masks.shape[0], device=device)
+            return masks[rows, best][:, None], iou[rows, best][:, None]
+        return masks, iou[:, :1]
     sparse, dense = sam.prompt_encoder(points=pts, boxes=box_t, masks=mask_input)
     if dense.shape[0] != sparse.shape[0]:  # no mask input: one learned embedding, broadcast to every row
         dense = dense.expand(sparse.shape[0], -1, -1, -1)

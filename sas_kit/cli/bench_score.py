@@ -1,0 +1,121 @@
+"""Scoring benchmark: seconds per target of :func:`evaluate` (box, 1-5 clicks and NoC) with the reference decoder
+and with the fast no-grad decode path (:func:`sas_kit.models.registry.set_fast_decode`), and the Dice/NoC changes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from sas_kit import config
+from sas_kit.data import datasets
+from sas_kit.experiment.embed_cache import EmbeddingCache
+from sas_kit.experiment.evaluate import evaluate
+from sas_kit.models import precision as precision_policy
+from sas_kit.models import prompts as prompt_names
+from sas_kit.models import registry
+
+WAYS = ("reference", "reference-nhwc", "fast", "fast-1thread")
+NOC = (0.85, 0.90)
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> str:
+    """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and torch's thread count."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    have = [f for f in _FLAGS if f in flags] or ["?"]
+    return f"{'+'.join(have)}, {torch.get_num_threads()} threads"
+
+
+def _items(names, n):
+    out = []
+    for name in names:
+        if name == "phantom" or datasets.available(name):
+            out += list(datasets.load(name, "test", n))
+    return out
+
+
+@contextlib.contextmanager
+def _way(way: str):
+    """``reference``: Meta's decoder (the fast path off). ``reference-nhwc``: the same with the summed image
+    embedding handed over channels-last, a layout-only change that shows how far bf16 results move when nothing
+    but memory order changes (the noise floor of any re-ordered decoder). ``fast``: the fast no-grad path.
+    ``fast-1thread``: the same with torch limited to one thread (on a loaded 2-core machine each parallel op
+    waits for a descheduled thread)."""
+    previous = registry.set_fast_decode(way.startswith("fast"))
+    threads = torch.get_num_threads()
+    original = registry._predict_masks
+    if way == "reference-nhwc":
+        def nhwc(decoder, image_embeddings, image_pe, sparse, dense):
+            src = (image_embeddings + dense).contiguous(memory_format=torch.channels_last)
+            return original(decoder, src, image_pe, sparse, torch.zeros_like(dense[:1, :, :1, :1]))
+        registry._predict_masks = nhwc
+    if way == "fast-1thread":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        registry._predict_masks = original
+        torch.set_num_threads(threads)
+        registry.set_fast_decode(previous)
+
+
+def _score(sam, spec, items, cache, way: str, max_clicks: int):
+    with _way(way):
+        t = time.perf_counter()
+        df = evaluate(sam, spec, items, prompt_names.PROMPTS, embeddings=cache, noc=NOC, max_clicks=max_clicks,
+                      progress=False)
+        return time.perf_counter() - t, df
+
+
+def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None, n: int | None = None,
+                reps: int = 1, max_clicks: int = 10, device: str | None = None, precision: str | None = None,
+                ways: tuple[str, ...] = WAYS) -> list[dict]:
+    """One row per way (:func:`_way`; reference decode, fast decode, ...): seconds per target of a full scoring pass (box, 1-5
+    clicks, NoC at 0.85/0.90 up to ``max_clicks``) over the first ``n`` test images of each set (default BUSI
+    and the USGRA nerve, 8 each; the phantom without data), timed A B A B ... ``reps`` times in this one process
+    on cached embeddings (encoding is not timed); the best time per way counts. Accuracy columns compare each way
+    with the reference: mean |ΔDice| per prompt (``d_<prompt>``), the largest per-image |ΔDice| over all prompts
+    and how many images' NoC differ."""
+    device = config.device(device)
+    precision = precision_policy.resolve(precision, device)
+    names = names or (("busi", "usgra_nerve") if datasets.available("busi") else ("phantom",))
+    items = _items(names, 8 if n is None else n)
+    if not items:
+        raise ValueError(f"no test images in {names}")
+    sam = registry.load_model(model, device=device)
+    spec = registry.get_spec(model)
+    cache = EmbeddingCache(model, root=True, precision=precision, device=device)
+    cache.fill(sam, spec, [datasets.to_arrays(ex)[0] for ex in items], progress=False)
+    _score(sam, spec, items[:1], cache, "fast", 1)  # warm-up: weight conversion, allocator
+    ways = ("reference", *[w for w in ways if w != "reference"])
+    times = {w: [] for w in ways}
+    frames = {}
+    for _ in range(max(1, reps)):
+        for way in ways:
+            seconds, frames[way] = _score(sam, spec, items, cache, way, max_clicks)
+            times[way].append(seconds)
+    ref = frames["reference"].set_index(["id", "prompt"]).sort_index()
+    targets = ref.reset_index()["id"].nunique()
+    flags = cpu_flags()
+    rows = []
+    for way in ways:
+        df = frames[way].set_index(["id", "prompt"]).sort_index()
+        delta = (df["dice"] - ref["dice"]).abs()
+        per_prompt = delta.groupby(level="prompt").mean()
+        noc_cols = [c for c in df.columns if c.startswith("noc")]
+        noc_diff = int((df[noc_cols].xs("box", level="prompt") != ref[noc_cols].xs("box", level="prompt"))
+                       .any(axis=1).sum())
+        best = min(times[way])
+        rows.append({"way": way, "precision": precision, "targets": targets,
+                     "s_per_target": round(best / targets, 3),
+                     "speedup": round(min(times["reference"]) / best, 2),
+                     **{f"d_{p}": round(float(per_prompt.get(p, np.nan)), 4) for p in prompt_names.PROMPTS},
+                     "max_image_d": round(float(delta.max()), 4), "noc_differ": noc_diff, "cpu": flags})
+    return rows
