@@ -90,3 +90,8 @@ def test_binder_follows_repo2docker_conventions():
     assert "download.pytorch.org/whl/cpu" in requirements and "torch" in requirements
     assert (binder / "runtime.txt").read_text().strip().startswith("python-3.")
     assert not (binder / "Dockerfile").exists() and not (binder / "environment.yml").exists()  # would override
+    from sas_kit.models.precision import BINDER_MMAP_THRESHOLD
+
+    start = binder / "start"  # Binder's heap setting: the configuration `sas-kit bench memory` measures
+    assert start.stat().st_mode & 0o111 and start.read_text().rstrip().endswith('exec "$@"')
+    assert f"export SAS_KIT_MMAP_THRESHOLD={BINDER_MMAP_THRESHOLD}" in start.read_text()

@@ -15,7 +15,7 @@ from sas_kit.digest import data_key
 from sas_kit.experiment.run import RunSpec
 from sas_kit.experiment.train import epoch_views, train_arrays
 from sas_kit.experiment.train_step import dice_bce_loss, draw_prompts, lowres_target, step_loss
-from sas_kit.models import registry
+from sas_kit.models import precision, registry
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -272,3 +272,35 @@ def test_cli_train_prints_epochs(monkeypatch, tmp_data_root, tmp_path, capsys):
     assert "epoch 1: train loss" in text and str(out / "last.pt") in text
     assert main(args[:-2] + ["--epochs", "1", "--resume", "--device", "cpu"]) == 0
     assert main(["train", "--data", "phantom", "--out", str(out), "--lr", "1", "--resume", "--epochs", "2"]) == 2
+
+
+_HEAP_PROBE = """
+import ctypes, numpy as np, psutil
+from sas_kit.models import precision
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+libc = ctypes.CDLL("libc.so.6")
+big = np.ones(30 * 2**20, np.uint8); del big  # glibc's default then serves blocks < 30 MiB from the heap
+before = rss()
+blocks, pins = [], []
+for _ in range(40):  # 2 MiB blocks, each followed by a small live malloc block (no trimming from the top)
+    blocks.append(np.ones(2 * 2**20, np.uint8)); pins.append(libc.malloc(4096))
+del blocks
+print(rss() - before)
+"""
+
+
+@pytest.mark.parametrize("threshold, retained", [("0", (60, 200)), ("1048576", (0, 20))])
+def test_bounded_heap_returns_freed_tensors_to_the_os(threshold, retained):
+    """With the kit's mmap threshold (set on import of sas_kit.models.precision) freed 2 MiB blocks leave the
+    process; with glibc's dynamic default (0: left alone) they stay resident: the working set the first
+    fine-tuning run used to keep."""
+    import os
+    import subprocess
+    import sys
+
+    if precision._LIBC is None:
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SAS_KIT_MMAP_THRESHOLD": threshold}).stdout
+    assert retained[0] <= float(out.split()[-1]) < retained[1]
+    assert isinstance(precision.trim_heap(), bool)

@@ -181,7 +181,7 @@ def train_generator(samples: Sequence[tuple], params: GenSegParams = GenSegParam
         opt_d = torch.optim.Adam(D.parameters(), lr=params.lr, betas=params.betas)
         data_rng = torch.Generator().manual_seed(seed)
         order = torch.empty(0, dtype=torch.long)
-        for step in (bar := tqdm(range(total), desc="genseg pix2pix", disable=not progress, leave=False)):
+        for step in (bar := tqdm(range(total), desc=f"genseg pix2pix ({n} pairs, seed {seed})", disable=not progress, leave=False)):
             if len(order) < batch:
                 order = torch.cat([order, torch.randperm(n, generator=data_rng)])
             idx, order = order[:batch], order[batch:]

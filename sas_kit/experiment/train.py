@@ -201,7 +201,7 @@ def train_arrays(spec: RunSpec, train_samples: Sequence[tuple], val_samples: Seq
 
     if first == 1 and spec.select == "best":
         if spec.mode == "decoder":
-            cache.fill(sam, model, val_views, desc="encode val", progress=progress)
+            cache.fill(sam, model, val_views, desc=f"encode val ({spec.name})", progress=progress)
         embed = fresh if spec.mode == "full" else cached
         hist["val_dice_initial"] = val_dice(sam, model, val_views, embed, device, precision)
         select({n: p.detach().cpu() for n, p in params.items()}, 0, hist["val_dice_initial"])
@@ -213,12 +213,12 @@ def train_arrays(spec: RunSpec, train_samples: Sequence[tuple], val_samples: Seq
         items = [v for v in views if v.mask.any()]
         hist["skipped_empty"] = len(views) - len(items)
         if spec.mode == "decoder":
-            cache.fill(sam, model, items, desc="encode views", progress=progress)
+            cache.fill(sam, model, items, desc=f"encode views ({spec.name})", progress=progress)
         rng = np.random.default_rng(np.random.SeedSequence([spec.seed, epoch, 0x5A5]))  # epoch-local stream
         order = rng.permutation(len(items))
         batches = [order[i:i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
         losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch}/{spec.epochs}", disable=not progress, leave=False)
+        bar = tqdm(batches, desc=f"train {spec.name} epoch {epoch}/{spec.epochs}", disable=not progress, leave=False)
         for step, batch in enumerate(bar):
             optimizer.zero_grad(set_to_none=True)
             if spec.mode == "full":  # per-view prompt streams, then this rank's share of the global batch
@@ -254,7 +254,7 @@ def train_arrays(spec: RunSpec, train_samples: Sequence[tuple], val_samples: Seq
         if val_views and (spec.select == "best" or epoch == spec.epochs):
             embed = fresh if spec.mode == "full" else cached
             if spec.mode == "decoder":
-                cache.fill(sam, model, val_views, desc="encode val", progress=progress)
+                cache.fill(sam, model, val_views, desc=f"encode val ({spec.name})", progress=progress)
             dice = val_dice(sam, model, val_views, embed, device, precision)
         hist["train_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         hist["val_dice"].append(dice)
@@ -287,5 +287,7 @@ def train(spec: RunSpec, out: str | Path, cache: EmbeddingCache | None = None, r
     train_samples, val_samples = load_images(spec.data, spec.train_limit, spec.val_limit)
     if not train_samples:
         raise ValueError(f"dataset {spec.data!r} has no training images; prepare it with `sas-kit data`")
-    return train_arrays(spec, train_samples, val_samples, out, cache=cache, resume=resume, progress=progress,
-                        disk_cache=disk_cache)
+    result = train_arrays(spec, train_samples, val_samples, out, cache=cache, resume=resume, progress=progress,
+                          disk_cache=disk_cache)
+    policy.trim_heap()  # the run's model, optimiser and graphs are freed now: hand their heap pages back
+    return result

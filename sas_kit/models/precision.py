@@ -14,11 +14,58 @@ precision (:class:`sas_kit.experiment.embed_cache.EmbeddingCache`), so the two n
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+
+# glibc malloc: an allocation of at least the mmap threshold gets its own mmap, returned to the OS when freed.
+# glibc's default threshold starts at 128 KiB but rises to the largest block freed so far (up to 32 MiB), so after
+# the first decoder pass every activation up to 32 MiB comes from the heap arenas, whose freed pages stay resident
+# (the first fine-tuning run left ~300 MiB there, docs/notes.md, 2026-11-30). A fixed 1 MiB threshold lowered the
+# quick profile's peak by ~140 MiB but made a batch-8 bf16 decoder training step 1.4-2.9x slower (every large
+# activation mmapped and faulted in afresh; paired runs, docs/notes.md), so it is OFF by default:
+# ``$SAS_KIT_MMAP_THRESHOLD`` (bytes, e.g. 1048576) turns it on where memory matters more than speed: binder/start
+# sets it for Binder sessions, and ``sas-kit bench memory`` measures that configuration.
+MMAP_THRESHOLD = 0
+BINDER_MMAP_THRESHOLD = 1 << 20  # what binder/start exports: on Binder memory (1-2 GB) matters more than speed
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+
+
+def _libc():
+    try:
+        name = ctypes.util.find_library("c")
+        lib = ctypes.CDLL(name) if name else None
+        return lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()  # None off glibc (macOS, musl): both functions below are then no-ops
+
+
+def bound_heap(threshold: int | None = None) -> bool:
+    """Fix glibc's mmap threshold (``threshold`` bytes, default ``$SAS_KIT_MMAP_THRESHOLD`` or MMAP_THRESHOLD = 0:
+    off) so that large tensors freed by a decoder pass go back to the OS instead of staying in the heap;
+    process-wide, applied on import of this module (every model path imports it). Numbers are unchanged: only
+    where the allocator takes memory from (and its speed: see above). Returns whether it was set."""
+    if threshold is None:
+        threshold = int(os.environ.get("SAS_KIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    if _LIBC is None or threshold <= 0:
+        return False
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
+
+
+def trim_heap() -> bool:
+    """Return the free pages of every glibc heap arena to the OS (``malloc_trim(0)``): called after a training run,
+    whose small allocations (autograd bookkeeping, optimiser state copies) leave freed pages behind."""
+    return bool(_LIBC is not None and _LIBC.malloc_trim(0))
+
+
+bound_heap()
 
 
 def _bf16_capable(device: str) -> bool:
