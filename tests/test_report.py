@@ -10,6 +10,7 @@ import pytest
 
 from sas_kit.experiment import stats
 from sas_kit.experiment.protocol import make_plan
+from sas_kit.report import readme as readme_mod
 from sas_kit.report import tables
 
 
@@ -102,7 +103,7 @@ def test_readme_block_is_generated_from_the_run(tmp_path):
                                                     "precision": "fp32", "timings": {"total_s": 5}}))
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:start -->\nSTALE-TEXT\n<!-- results:end -->\nb\n")
-    tables.update_readme(readme, tmp_path, "sas-kit reproduce --profile cpu")
+    readme_mod.update_readme(readme, tmp_path, "sas-kit reproduce --profile cpu")
     text = readme.read_text()
     assert "STALE-TEXT" not in text and "+0.100" in text and text.startswith("a\n") and text.endswith("b\n")
 

@@ -62,7 +62,7 @@ def run(args) -> int:
         return 2
     print(summary.read_text())
     if args.readme:
-        from sas_kit.report.tables import update_readme
+        from sas_kit.report.readme import update_readme
 
         command = (f"sas-kit reproduce --profile {args.profile} --model {args.model} --arms {args.arms}"
                    + (f" --sas-params {args.sas_params}" if args.sas_params else ""))
@@ -86,7 +86,7 @@ def run_sweep(args) -> int:
         return 2
     print(path.with_name("sweep.csv").read_text())
     if args.readme:
-        from sas_kit.report.tables import replace_block, sweep_block
+        from sas_kit.report.readme import replace_block, sweep_block
 
         command = f"sas-kit sweep --profile {args.profile} --model {args.model}" + (
             f" --epochs {args.epochs}" if args.epochs else "")
