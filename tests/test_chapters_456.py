@@ -7,7 +7,7 @@
 (b) What the chapters print from the library (``inspect.getsource``) exists and is what training calls.
 (c) Chapter 05 reads runs through the plan's API (no hard-coded folder or figure names, no summary.md splitting)
     and describes the committed results as what they are (v1, two seeds), read from docs/results with code.
-No test here executes a notebook or needs /work/shared; tests/test_notebooks.py executes them.
+No test here executes a notebook or needs the shared data mirror; tests/test_notebooks.py executes them.
 """
 
 from __future__ import annotations
