@@ -27,8 +27,7 @@ def register(sub) -> None:
                           "jobs, dask-jobqueue's jobqueue.slurm config)")
     rep.add_argument("--threads", type=int, default=None,
                      help="torch threads per run, serially and on workers (default: torch's choice, so --workers gives "
-                          "the serial tables); float results depend on it, not on how the runs are spread. "
-                          "With --workers N on a small machine, --threads 1 runs faster")
+                          "the serial tables); float results depend on it, not on how the runs are spread")
     rep.add_argument("--readme", help="also write the endpoints into this README's results section")
     rep.add_argument("--readme-marker", default="results", help="README section marker (results, controls, ...)")
     rep.set_defaults(func=run)

@@ -174,8 +174,8 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
     resolved once here for every way of running: by default this process's own (torch's choice, the serial
     default). Float results depend on it (a reduction split over more threads adds in another order), not on which
     process or in which order the runs go, so by default ``--workers`` gives the same tables as a serial run. On a
-    local cluster that oversubscribes the cores (N workers x threads > cores); ``threads=1`` runs faster there
-    (README, "Spreading runs") and gives the same numbers as a serial run with ``threads=1``."""
+    local cluster that oversubscribes the cores (N workers x threads > cores; measured as fast as ``threads=1`` on
+    2 cores: README, "Spreading runs"); ``threads=1`` gives the numbers of a serial run with ``threads=1``."""
     import torch
 
     threads = int(threads or torch.get_num_threads())
