@@ -94,12 +94,12 @@ def test_grad_mode_uses_the_differentiable_reference(sam, inputs):
     sam.zero_grad(set_to_none=True)
 
 
-def test_weight_cache_follows_in_place_updates():
+def test_fast_path_follows_in_place_weight_updates():
     torch.manual_seed(3)
     model = registry.build(registry.get_spec("litemedsam")).eval()
     emb = torch.randn(1, 256, 64, 64)
     kw = dict(embeddings=emb, scales=[(1.0, 1.0)], boxes=np.array([[10, 10, 120, 140]], np.float32))
-    _decode(model, True, "fp32", **kw)  # builds the cache
+    _decode(model, True, "fp32", **kw)  # a first fast decode before the weights change
     with torch.no_grad():
         for layer in model.mask_decoder.transformer.layers:
             layer.cross_attn_token_to_image.k_proj.weight.mul_(1.5)  # an optimiser step updates in place
