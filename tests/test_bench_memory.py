@@ -37,3 +37,44 @@ def test_an_unknown_notebook_prefix_is_an_error_not_an_empty_table(capsys):
 
     assert main(["bench", "memory", "--notebooks", "99", "--no-demo"]) == 2
     assert "01_datasets.ipynb" in capsys.readouterr().err
+
+
+def _chapter(path, memory_line):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# A chapter\n\n{memory_line} JupyterLab keeps kernels."),
+                nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, path)
+
+
+def test_write_docs_puts_the_measured_peaks_in_the_chapters_and_the_readme(tmp_path):
+    from sas_kit.models.precision import BINDER_MMAP_THRESHOLD
+
+    chapters = tmp_path / "notebooks"
+    chapters.mkdir()
+    old = "**Memory:** this chapter's kernel peaked at 1.8 GiB (1,878 MiB) (quick profile, phantom, old words)."
+    for name in ("01_a", "02_b"):
+        _chapter(chapters / f"{name}.ipynb", old)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- memory:start -->\nold table\n<!-- memory:end -->\nafter\n")
+    rows = [{"what": "01_a", "seconds": 9.4, "peak_rss_mib": 749, "mmap_threshold": BINDER_MMAP_THRESHOLD},
+            {"what": "02_b", "seconds": 15.0, "peak_rss_mib": 1600, "mmap_threshold": BINDER_MMAP_THRESHOLD}]
+
+    # only chapters measured: their lines change, the README table (which needs every row) does not
+    written = bench_memory.write_docs(rows[:1], readme=readme, notebook_dir=chapters)
+    assert written == [chapters / "01_a.ipynb"] and "old table" in readme.read_text()
+    first = nbformat.read(chapters / "01_a.ipynb", as_version=4).cells[0].source
+    assert "peaked at 0.7 GiB (749 MiB) (quick profile, " in first and "Binder heap setting" in first
+    assert "1,878" not in first and first.endswith("JupyterLab keeps kernels.")
+
+    rows.append({"what": "sas-kit demo", "seconds": 30.0, "peak_rss_mib": 1200, "mmap_threshold": BINDER_MMAP_THRESHOLD})
+    bench_memory.write_docs(rows, readme=readme, notebook_dir=chapters)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert "| 02_b | 1,600 | 15 | False |" in text and "| sas-kit demo | 1,200 | 30 | True |" in text
+
+
+def test_write_docs_refuses_a_chapter_without_its_memory_line(tmp_path):
+    _chapter(tmp_path / "01_a.ipynb", "no figure here")
+    with pytest.raises(ValueError, match="01_a.ipynb needs exactly one"):
+        bench_memory.write_docs([{"what": "01_a", "seconds": 1, "peak_rss_mib": 1, "mmap_threshold": 0}],
+                                readme=tmp_path / "README.md", notebook_dir=tmp_path)

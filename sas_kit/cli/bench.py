@@ -19,6 +19,9 @@ def register(sub) -> None:
     bench.add_argument("--mmap-threshold", type=int, default=None,
                        help="`bench memory`: glibc mmap threshold in bytes for the kernels (default: Binder's, "
                             "binder/start; 0: the kit's default, faster and larger)")
+    bench.add_argument("--write-docs", action="store_true",
+                       help="`bench memory`: write the peaks into each measured chapter's Memory line and (all measured) "
+                            "the README's memory table")
     bench.add_argument("--workers", type=int, default=2, help="`bench grid`: local Dask workers (default 2)")
     bench.set_defaults(func=run)
 
@@ -61,6 +64,11 @@ def run(args) -> int:
     except ValueError as error:
         print(f"bench {args.what}: {error}", file=sys.stderr)
         return 2
+    if args.what == "memory" and args.write_docs:
+        from sas_kit.cli.bench_memory import write_docs
+
+        for path in write_docs(rows, args.profile):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         import json
 

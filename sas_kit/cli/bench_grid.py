@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sas_kit.cli import machine
+
 ARMS = "none,classic,stsnet,sas"  # with zero-shot and 2 seeds: 9 independent runs, 8 of them fine-tuning
 
 
@@ -97,9 +99,4 @@ def bench_grid(workers: int = 2, epochs: tuple[int, ...] = (1, 6), seeds: tuple[
 
 
 def _cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{name}, {'avx512_bf16' if 'avx512_bf16' in text else 'no avx512_bf16'}"
+    return f"{machine.cpu_name()}, {'avx512_bf16' if 'avx512_bf16' in machine.cpu_flags() else 'no avx512_bf16'}"

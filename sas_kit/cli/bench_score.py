@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sas_kit import config
+from sas_kit.cli import machine
 from sas_kit.data import datasets
 from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import evaluate
@@ -19,18 +20,9 @@ from sas_kit.models import registry
 
 WAYS = ("reference", "reference-nhwc", "fast", "fast-1thread")
 NOC = (0.85, 0.90)
-_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
 def cpu_flags() -> str:
     """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and torch's thread count."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    have = [f for f in _FLAGS if f in flags] or ["?"]
-    return f"{'+'.join(have)}, {torch.get_num_threads()} threads"
+    return f"{machine.cpu_flags()}, {torch.get_num_threads()} threads"
 
 
 def _items(names, n):

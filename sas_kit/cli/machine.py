@@ -1,0 +1,29 @@
+"""What machine a benchmark ran on: the CPU's name and the SIMD flags that decide fp32 vs bf16 speed.
+
+Every benchmark table names these (timings are never compared across machines, only ratios within one run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> str:
+    """The CPU's SIMD flags that matter for bf16/fp32 matmuls, joined by '+' ('?' when unknown)."""
+    line = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("flags")), "")
+    flags = line.split(":", 1)[1].split() if ":" in line else []
+    return "+".join(f for f in FLAGS if f in flags) or "?"
+
+
+def cpu_name() -> str:
+    """The CPU's model name, or 'unknown'."""
+    line = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("model name")), "")
+    return line.split(":", 1)[1].strip() if ":" in line else "unknown"
