@@ -212,6 +212,7 @@ def evaluate(sam, spec, dataset, prompts: Iterable[str], seed: int = 0, limit: i
                                  "area_fraction": area, "size_bin": size_bin(area), "n_components": len(own),
                                  "model": spec.name, "per_component": per_component, **extra})
             bar.update(len(examples[start:start + batch_size]))
+            policy.trim_heap()  # the chunk's decoder activations and masks are freed: return their heap pages
     bar.close()
     columns = ["id", "dataset", "target", "prompt", "dice", "iou", "area_fraction", "size_bin", "n_components",
                "model", "per_component"]
