@@ -304,3 +304,20 @@ def test_bounded_heap_returns_freed_tensors_to_the_os(threshold, retained):
                          env={**os.environ, "SAS_KIT_MMAP_THRESHOLD": threshold}).stdout
     assert retained[0] <= float(out.split()[-1]) < retained[1]
     assert isinstance(precision.trim_heap(), bool)
+
+
+def test_full_size_loss_is_taken_at_the_original_size(base_model, data, monkeypatch):
+    """loss_size="full": the decoder's logits are upsampled by the model's postprocess and compared with the mask
+    at its own size; "low" never upsamples. Both give a finite loss with a gradient; a bad name is refused."""
+    spec = registry.get_spec("litemedsam")
+    image, mask = data[0][0]
+    pair = (torch.zeros(1, 256, 64, 64), registry.preprocess(spec, image)[1])
+    shapes = []
+    post = registry.postprocess
+    monkeypatch.setattr(registry, "postprocess", lambda s, low, meta: shapes.append(tuple(meta["original_hw"])) or post(s, low, meta))
+    step_loss(base_model, spec, [pair], [mask], np.random.default_rng(0), click_fraction=0.0)
+    assert shapes == []
+    full = step_loss(base_model, spec, [pair], [mask], np.random.default_rng(0), click_fraction=0.0, loss_size="full")
+    assert shapes == [mask.shape] and full.requires_grad and torch.isfinite(full)
+    with pytest.raises(ValueError, match="loss_size must be one of"):
+        step_loss(base_model, spec, [pair], [mask], np.random.default_rng(0), loss_size="half")

@@ -11,8 +11,9 @@ import numpy as np
 from sas_kit.augment.baselines import Classic, ClassicParams, StsNet, StsNetParams, identity
 from sas_kit.augment.geometry import as_rng, check_pair
 from sas_kit.augment.sas import SAS, SASParams
+from sas_kit.augment.sas_size import SASSize, SASSizeParams
 
-POLICIES = ("none", "classic", "sas", "stsnet")
+POLICIES = ("none", "classic", "sas", "stsnet", "sas_size")
 
 
 class Policy:
@@ -51,7 +52,7 @@ def _params(cls, name: str, given: dict):
 
 def make_policy(name: str, seed: int | None = None, **params) -> Policy:
     """The augmentation ``name`` ∈ POLICIES as a callable ``policy(image, mask, rng) -> (image, mask, record)``;
-    ``params`` are the fields of SASParams / baselines.ClassicParams / baselines.StsNetParams."""
+    ``params`` are the fields of SASParams / baselines.ClassicParams / baselines.StsNetParams / SASSizeParams."""
     if name == "none":
         if params:
             raise ValueError(f"policy 'none' takes no parameters (got {sorted(params)})")
@@ -65,4 +66,7 @@ def make_policy(name: str, seed: int | None = None, **params) -> Policy:
     if name == "stsnet":
         p = _params(StsNetParams, name, params)
         return Policy(name, StsNet(p), asdict(p), seed)
+    if name == "sas_size":
+        p = _params(SASSizeParams, name, params)
+        return Policy(name, SASSize(p), asdict(p), seed)
     raise ValueError(f"unknown augmentation policy {name!r}; choose one of {POLICIES}")

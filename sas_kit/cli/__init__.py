@@ -10,7 +10,7 @@ import sys
 from sas_kit import __version__
 
 # Subcommand modules, each with register(subparsers). Missing optional ones are reported, not hidden.
-COMMANDS = ("data", "augment", "train", "evaluate", "reproduce", "bench", "demo", "check_gpu")
+COMMANDS = ("data", "augment", "train", "evaluate", "reproduce", "ablate", "bench", "demo", "check_gpu")
 
 
 def param_pair(text: str) -> tuple[str, object]:

@@ -14,8 +14,9 @@ def register(sub) -> None:
     rep.add_argument("--data", choices=["auto", "real", "phantom"], default="auto",
                      help="real datasets (needs SAS_KIT_MIRROR or prepared copies) or the phantom; auto picks")
     rep.add_argument("--arms", default="zero_shot,none,sas",
-                     help="comma-separated arms: zero_shot, none, classic, stsnet, sas (default: the headline run "
-                          "zero_shot,none,sas; controls: none,classic,stsnet,sas); zero_shot is always added")
+                     help="comma-separated arms: zero_shot, none, classic, stsnet, genseg, sas, sas_size (default: the "
+                          "headline run zero_shot,none,sas; controls: none,classic,stsnet,sas; sas_size: exploratory, "
+                          "docs/sas_parameters.md); zero_shot is always added")
     rep.add_argument("--sas-params", default=None, help="JSON written by `sas-kit sweep` (default: kit defaults)")
     rep.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                      help="encoder/decoder precision (auto: bf16 where the device computes it natively)")
@@ -65,7 +66,7 @@ def run(args) -> int:
 
         command = (f"sas-kit reproduce --profile {args.profile} --model {args.model} --arms {args.arms}"
                    + (f" --sas-params {args.sas_params}" if args.sas_params else ""))
-        controls = any(a in ("classic", "stsnet", "genseg") for a in _arms(args.arms))
+        controls = any(a in ("classic", "stsnet", "genseg", "sas_size") for a in _arms(args.arms))
         update_readme(args.readme, summary.parent, command, args.readme_marker,
                       endpoints=("gain", "control gain") if controls else None)
         print(f"updated {args.readme}")

@@ -6,7 +6,8 @@ import sys
 
 from sas_kit.cli import param_pair
 
-POLICIES = ("none", "classic", "stsnet", "sas", "genseg")  # run.TRAINED_ARMS, not imported: it pulls torch into --help
+# run.TRAINED_ARMS, not imported: it pulls torch into --help
+POLICIES = ("none", "classic", "stsnet", "sas", "genseg", "sas_size")
 
 
 def register(sub) -> None:

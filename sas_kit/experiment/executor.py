@@ -35,7 +35,8 @@ def score_path(out: str | Path, task: Task, tests: dict) -> Path:
     code (and, by its folder, the run spec)."""
     blob = json.dumps({"ids": {n: list(tests[n]) for n in task.score_on}, "prompts": list(task.prompts),
                        "code": code_version(SCORING_CODE),
-                       **({"noc": list(task.noc), "max_clicks": task.max_clicks} if task.noc else {})}, sort_keys=True)
+                       **({"noc": list(task.noc), "max_clicks": task.max_clicks} if task.noc else {}),
+                       **({"checkpoint": task.checkpoint} if task.checkpoint != "selected" else {})}, sort_keys=True)
     return run_folder(out, task.spec) / f"scores-{hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()}.csv"
 
 
@@ -74,8 +75,9 @@ def train_task(spec: RunSpec, folder: Path, progress: bool = True) -> dict:
 
 
 def score_task(task: Task, tests: dict, internal: str, out: str | Path, progress: bool = True) -> Path:
-    """Score the task's model (the run's best.pt, or the base weights for zero-shot) on its test sets, in the
-    spec's precision; one row per image x prompt, written atomically to :func:`score_path` (reused if there)."""
+    """Score the task's model (the run's best.pt, its last.pt for ``task.checkpoint == "last"``, or the base weights
+    for zero-shot) on its test sets, in the spec's precision; one row per image x prompt, written atomically to
+    :func:`score_path` (reused if there)."""
     from sas_kit.experiment.embed_cache import EmbeddingCache
     from sas_kit.experiment.evaluate import evaluate
     from sas_kit.models import registry
@@ -83,7 +85,8 @@ def score_task(task: Task, tests: dict, internal: str, out: str | Path, progress
     spec, path = task.spec, score_path(out, task, tests)
     if path.exists():
         return path
-    checkpoint = run_folder(out, spec) / "best.pt" if spec.trains else None
+    weights = "last.pt" if task.checkpoint == "last" else "best.pt"
+    checkpoint = run_folder(out, spec) / weights if spec.trains else None
     sam = registry.load_model(spec.model, checkpoint=checkpoint, device=spec.device)
     # Cached embeddings are the BASE encoder's: right for zero-shot and decoder-only runs, wrong after full mode.
     cache = (EmbeddingCache(spec.model, root=True, precision=spec.precision, device=spec.device)
@@ -97,7 +100,7 @@ def score_task(task: Task, tests: dict, internal: str, out: str | Path, progress
         frames.append(df.assign(dataset=name, target=sources.get(name).target, arm=spec.arm, seed=spec.seed,
                                 group=df.id.map(groups),
                                 role="internal" if name == internal else "external", precision=spec.precision,
-                                run=spec.name))
+                                run=spec.name, checkpoint=task.checkpoint))
     with files.atomic_path(path) as tmp:
         pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
     return path

@@ -25,6 +25,7 @@ KEEP_ALL_BINS = ("<1%", ">20%")  # the by-size draw keeps every target of these 
 ZERO_SHOT_PROMPTS = ("box",)  # LiteMedSAM's zero-shot clicks score ≈ 0 (docs/notes.md): box is the reference
 INTERNAL = "bus_bra"
 EXTERNALS = ("busi", "hc18", "carotid_cca", "usgra_nerve", "usgra_vessel")
+CHECKPOINTS = ("selected", "last")  # the weights a task scores (Task.checkpoint)
 CURVE_ARMS = ("none", "sas", "genseg")  # the low-data curve's arms (GenSeg's figure), first seed only
 
 
@@ -32,7 +33,9 @@ CURVE_ARMS = ("none", "sas", "genseg")  # the low-data curve's arms (GenSeg's fi
 class Task:
     """One unit of work: train ``spec`` (unless zero-shot), then score it with ``prompts`` on the datasets
     ``score_on``. ``curve``: a point of the low-data curve (its training-set size is ``spec.train_limit``).
-    ``noc``: IoU thresholds of the number-of-clicks metric (``()``: none), sessions capped at ``max_clicks``."""
+    ``noc``: IoU thresholds of the number-of-clicks metric (``()``: none), sessions capped at ``max_clicks``.
+    ``checkpoint``: which weights are scored: ``"selected"`` (best.pt: the spec's model selection) or ``"last"``
+    (the last epoch's weights in last.pt: both from one training run, e.g. to compare selections)."""
 
     spec: RunSpec
     score_on: tuple[str, ...]
@@ -40,6 +43,11 @@ class Task:
     curve: bool = False
     noc: tuple[float, ...] = ()
     max_clicks: int = 10
+    checkpoint: str = "selected"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"Task: checkpoint must be one of {CHECKPOINTS}, got {self.checkpoint!r}")
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,16 @@ from sas_kit import config
 from sas_kit.augment.baselines import ClassicParams, StsNetParams
 from sas_kit.augment.genseg import GenSegParams
 from sas_kit.augment.sas import SASParams
+from sas_kit.augment.sas_size import SASSizeParams
 
-TRAINED_ARMS = ("none", "classic", "stsnet", "genseg", "sas")
+TRAINED_ARMS = ("none", "classic", "stsnet", "genseg", "sas", "sas_size")
 ARMS = ("zero_shot", *TRAINED_ARMS)
-PARAMS = {"sas": SASParams, "classic": ClassicParams, "stsnet": StsNetParams, "genseg": GenSegParams}
+PARAMS = {"sas": SASParams, "classic": ClassicParams, "stsnet": StsNetParams, "genseg": GenSegParams,
+          "sas_size": SASSizeParams}
 DEFAULT_LR = {"decoder": 5e-5, "full": 1e-5}
 MODES = tuple(DEFAULT_LR)
 SELECT = ("best", "last")
+LOSS_SIZES = ("low", "full")  # the training loss on 256x256 logits or at the original size (train_step.step_loss)
 
 # The modules whose code decides what a training run produces (views, prompts, loss, optimiser, models) and those
 # that decide a score. Their digests go into run keys and score keys: edit one and finished runs are redone.
@@ -99,7 +102,8 @@ class RunSpec:
     click_fraction: float = 0.5
     max_clicks: int = 3
     box_jitter: float = 0.05
-    params: SASParams | ClassicParams | StsNetParams | GenSegParams | None = None
+    loss_size: str = "low"
+    params: SASParams | ClassicParams | StsNetParams | GenSegParams | SASSizeParams | None = None
     precision: str = "fp32"
     device: str = "cpu"
     code: str = ""
@@ -109,6 +113,7 @@ class RunSpec:
             (self.arm in ARMS, f"arm one of {ARMS} (got {self.arm!r})"),
             (self.mode in MODES, f"mode one of {MODES} (got {self.mode!r})"),
             (self.select in SELECT, f"select one of {SELECT} (got {self.select!r})"),
+            (self.loss_size in LOSS_SIZES, f"loss_size one of {LOSS_SIZES} (got {self.loss_size!r})"),
             (self.precision in ("fp32", "bf16"), f"precision fp32 or bf16, resolved (got {self.precision!r})"),
             (0.0 <= self.click_fraction <= 1.0, f"click_fraction in [0, 1] (got {self.click_fraction})"),
             (min(self.epochs, self.batch_size, self.views, self.max_clicks) >= 1,

@@ -238,7 +238,7 @@ def train_arrays(spec: RunSpec, train_samples: Sequence[tuple], val_samples: Seq
                     else:
                         pairs = [cached(v) for v in chosen]
                     loss = step_loss(sam, model, pairs, [v.mask for v in chosen], streams, spec.click_fraction,
-                                     spec.max_clicks, spec.box_jitter)
+                                     spec.max_clicks, spec.box_jitter, spec.loss_size)
                     if ctx.active:  # this rank's share of the global batch mean
                         loss = loss * (len(chosen) / len(batch))
                 loss.backward()

@@ -1,5 +1,5 @@
 """One fine-tuning step: a prompt per view (jittered box or 1–3 iterative clicks), batched decoding, loss on the
-decoder's 256x256 low-res logits."""
+decoder's 256x256 low-res logits (or, ``loss_size="full"``, on logits upsampled to the original image size)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sas_kit.experiment.run import LOSS_SIZES
 from sas_kit.models import prompts, registry, segment
 
 LOW_RES = 256  # SAM-family decoders emit 256x256 logits whatever the input size
@@ -117,14 +118,25 @@ def decode_prompts(sam, pairs: Sequence[tuple], batch: Sequence[Prompt]) -> list
 
 
 def step_loss(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray], rng,
-              click_fraction: float = 0.5, max_clicks: int = 3, box_jitter: float = 0.05) -> torch.Tensor:
+              click_fraction: float = 0.5, max_clicks: int = 3, box_jitter: float = 0.05,
+              loss_size: str = "low") -> torch.Tensor:
     """Mean Dice + BCE over one batch of views: ``pairs`` (embedding 1x256x64x64, meta) and their masks.
-    The loss is taken on the low-res logits against :func:`lowres_target` (MedSAM's training does the same),
-    which spares upsampling every prediction to the original image size and back."""
+    ``loss_size="low"``: on the low-res logits against :func:`lowres_target` (MedSAM's training does the same),
+    which spares upsampling every prediction to the original image size and back. ``"full"``: on the logits
+    upsampled to the original size (the model's own postprocess) against the mask itself, as the kit's first
+    configuration did (docs/notes.md); every pixel then weighs the same, so a small target weighs less."""
+    if loss_size not in LOSS_SIZES:
+        raise ValueError(f"loss_size must be one of {LOSS_SIZES}, got {loss_size!r}")
     drawn = draw_prompts(sam, spec, pairs, masks, rng, click_fraction, max_clicks, box_jitter)
     logits = decode_prompts(sam, pairs, [p for p, _, _ in drawn])
     total = 0.0
     for (emb, meta), (_, target, others), low in zip(pairs, drawn, logits):
+        if loss_size == "full":
+            full = registry.postprocess(spec, low, meta)
+            t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None, None].to(full.device)
+            keep = torch.from_numpy(np.ascontiguousarray(~others, dtype=np.float32))[None, None].to(full.device)
+            total = total + dice_bce_loss(full, t, keep if others.any() else None)
+            continue
         t, valid = lowres_target(spec, meta, target, low.device)
         weight = valid
         if others.any():

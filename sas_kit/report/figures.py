@@ -14,7 +14,7 @@ from sas_kit.report import plots
 from sas_kit.report.paper import PAPER
 
 ARM_COLORS = {"zero_shot": "#888888", "none": "#1f77b4", "classic": "#2ca02c", "stsnet": "#9467bd",
-              "genseg": "#ff7f0e", "sas": "#d62728"}
+              "genseg": "#ff7f0e", "sas": "#d62728", "sas_size": "#e377c2"}
 
 
 def forest(gains: pd.DataFrame, comparison: str = "sas-none", paper: tuple[float, float, float] = (
