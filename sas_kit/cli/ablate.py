@@ -5,14 +5,12 @@ from __future__ import annotations
 import sys
 import time
 
+from sas_kit.cli.reproduce import run_options
+
 
 def register(sub) -> None:
     ab = sub.add_parser("ablate", help="which setting drives the SAS gain: a 2^(4-1) (or 2^4) factorial study")
-    ab.add_argument("--profile", choices=["quick", "cpu", "gpu"], default="quick")
-    ab.add_argument("--model", default="litemedsam")
-    ab.add_argument("--out", default="runs/ablate")
-    ab.add_argument("--data", choices=["auto", "real", "phantom"], default="auto",
-                    help="real datasets (needs SAS_KIT_MIRROR or prepared copies) or the phantom; auto picks")
+    run_options(ab, "runs/ablate")
     ab.add_argument("--full", action="store_true", help="the full 2^4 design (16 cells) instead of the half fraction")
     ab.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the profile's first three)")
     ab.add_argument("--workers", type=int, default=0, help="local Dask worker processes (default 0: serial)")

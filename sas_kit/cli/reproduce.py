@@ -6,13 +6,18 @@ import sys
 import time
 
 
+def run_options(parser, out: str) -> None:
+    """The options every command that makes a plan shares: profile, model, output folder, data."""
+    parser.add_argument("--profile", choices=["quick", "cpu", "gpu"], default="quick")
+    parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--data", choices=["auto", "real", "phantom"], default="auto",
+                        help="real datasets (needs SAS_KIT_MIRROR or prepared copies) or the phantom; auto picks")
+
+
 def register(sub) -> None:
     rep = sub.add_parser("reproduce", help="run the SAS protocol: arms x datasets x prompts x seeds")
-    rep.add_argument("--profile", choices=["quick", "cpu", "gpu"], default="quick")
-    rep.add_argument("--model", default="litemedsam")
-    rep.add_argument("--out", default="runs/reproduce")
-    rep.add_argument("--data", choices=["auto", "real", "phantom"], default="auto",
-                     help="real datasets (needs SAS_KIT_MIRROR or prepared copies) or the phantom; auto picks")
+    run_options(rep, "runs/reproduce")
     rep.add_argument("--arms", default="zero_shot,none,sas",
                      help="comma-separated arms: zero_shot, none, classic, stsnet, genseg, sas, sas_size (default: the "
                           "headline run zero_shot,none,sas; controls: none,classic,stsnet,sas; sas_size: exploratory, "
