@@ -79,8 +79,7 @@ def cell_spec(spec: RunSpec, cell: dict[str, int]) -> RunSpec:
     """``spec`` (a ``none`` or ``sas`` run of the base plan) at the cell's levels; D changes the sas arm only."""
     changes = {f.field: f.value(cell[f.letter]) for f in FACTORS if f.field != "sas_steps"}
     if spec.arm == "sas":
-        base = {k: v for k, v in vars(spec.params).items()}
-        changes["params"] = {**base, **SAS_STEPS[FACTORS[3].value(cell["D"])]}
+        changes["params"] = replace(spec.params, **SAS_STEPS[FACTORS[3].value(cell["D"])])
     return spec.but(**changes)
 
 
@@ -193,12 +192,9 @@ def _holm(table: pd.DataFrame) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         out["p"] = 2 * st.t.sf(np.abs(out.effect / out.se), out.df)
     out["p_holm"] = np.nan
-    family = out[(out.kind == "main effect") & (out.checkpoint == "selected") & (out.scope == "external average")
-                 & out.prompt.isin(stats.PRIMARY_PROMPTS) & out.p.notna()].sort_values("p")
-    running = 0.0
-    for i, idx in enumerate(family.index):
-        running = max(running, min(1.0, (len(family) - i) * out.at[idx, "p"]))
-        out.at[idx, "p_holm"] = running
+    family = out.p[(out.kind == "main effect") & (out.checkpoint == "selected") & (out.scope == "external average")
+                   & out.prompt.isin(stats.PRIMARY_PROMPTS) & out.p.notna()]
+    out.loc[family.index, "p_holm"] = stats.holm(family)
     return out
 
 

@@ -149,13 +149,17 @@ def p_values(gains: pd.DataFrame) -> pd.DataFrame:
     out["p"] = 2 * st.t.sf(t, out.df.to_numpy(float))
     out["p_holm"] = np.nan
     for kind in FAMILIES:
-        rows = out.index[(out.kind == kind) & out.p.notna()]
-        order = out.loc[rows, "p"].sort_values().index
-        m, running = len(order), 0.0
-        for i, idx in enumerate(order):
-            running = max(running, min(1.0, (m - i) * out.at[idx, "p"]))
-            out.at[idx, "p_holm"] = running
+        family = out.p[(out.kind == kind) & out.p.notna()]
+        out.loc[family.index, "p_holm"] = holm(family)
     return out
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's step-down adjusted p-values of one family (same index as ``p``)."""
+    order = p.sort_values()
+    m = len(order)
+    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * order.to_numpy(float))) if m else []
+    return pd.Series(adjusted, index=order.index).reindex(p.index)
 
 
 def clicks_to_box(gains: pd.DataFrame) -> pd.DataFrame:
