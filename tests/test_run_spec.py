@@ -125,6 +125,7 @@ def test_stale_runs_say_why_they_are_not_reused(tmp_path):
     lines = executor.stale_runs(tmp_path, a)
     assert len(lines) == 1 and "training code changed" in lines[0] and "epochs 2 -> 4" in lines[0]
     assert executor.stale_runs(tmp_path, old) == []  # the only folder is its own
+    assert executor.stale_runs(tmp_path, a, in_use=[old.name]) == []  # a run of the same plan (another cell) is in use
 
 
 def reproduce(out: Path, *extra: str, env=None) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 """The course site (book/build.py, `make site`) in a real browser: headless Chromium driven by Playwright.
 
 The module fixture builds the site once into a tmp folder as `make site` does: chapters executed with papermill
-and the quick profile, then rendered by Sphinx + myst-nb without re-execution. Executing the six chapters costs
+and the quick profile, then rendered by Sphinx + myst-nb without re-execution. Executing the chapters costs
 minutes, and tests/test_notebooks.py already does exactly that in the same session (same parameters, cwd and
 kernel), so when its executed copies are found under this session's pytest basetemp they are rendered as they
 are; otherwise (this file run alone) the fixture executes the chapters itself. SAS_KIT_SITE_EXECUTED=DIR

@@ -235,7 +235,11 @@ def run_ablation(study: Ablation, out: str | Path, workers: int = 0, cluster: st
     files.write_text(out / "ablation.json", json.dumps({**record, "seconds": round(time.perf_counter() - start)},
                                                        indent=1))
     if not table.empty:
-        main_effects_figure(table).savefig(out / "main_effects.png", dpi=120, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        fig = main_effects_figure(table)
+        fig.savefig(out / "main_effects.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)  # written, not shown (a notebook shows main_effects_figure itself)
     return table
 
 
@@ -245,8 +249,8 @@ def main_effects_figure(table: pd.DataFrame, checkpoint: str = "selected"):
 
     sub = table[(table.kind == "main effect") & (table.checkpoint == checkpoint) & table.prompt.isin(["1click", "2click"])]
     scopes = [s for s in SCOPES if s in set(sub.scope)] or sorted(set(sub.scope))  # the phantom: its one scope
-    fig, axes = plt.subplots(1, max(1, len(scopes)), figsize=(4 * max(1, len(scopes)), 3.2), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(scopes)), figsize=(max(6.5, 4 * len(scopes)), 3.2), sharey=True,
+                             squeeze=False, layout="constrained")  # constrained: the suptitle clears the panels
     letters = [f.letter for f in FACTORS]
     for ax, scope in zip(axes[0], scopes):
         for k, prompt in enumerate(["1click", "2click"]):
@@ -259,5 +263,5 @@ def main_effects_figure(table: pd.DataFrame, checkpoint: str = "selected"):
         ax.set_title(scope)
         ax.set_xlabel("main effect on the SAS − none Dice gain")
     axes[0][0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"Main effects ({checkpoint} weights; 95 % CIs over seeds and acquisition groups)")
+    fig.suptitle(f"Main effects ({checkpoint} weights; 95 % CIs over seeds and acquisition groups)", fontsize=10)
     return fig

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -40,11 +41,12 @@ def score_path(out: str | Path, task: Task, tests: dict) -> Path:
     return run_folder(out, task.spec) / f"scores-{hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()}.csv"
 
 
-def stale_runs(out: str | Path, spec: RunSpec) -> list[str]:
-    """Why the other folders of the same arm and seed under ``out/runs`` are not this run (one line each)."""
-    lines = []
+def stale_runs(out: str | Path, spec: RunSpec, in_use: Iterable[str] = ()) -> list[str]:
+    """Why the other folders of the same arm and seed under ``out/runs`` are not this run (one line each).
+    ``in_use``: run names the caller's plan also runs (an ablation's other cells): those folders are not stale."""
+    lines, skip = [], {spec.name, *in_use}
     for other in sorted((Path(out) / "runs").glob(f"{spec.arm}_seed{spec.seed}-*/spec.json")):
-        if other.parent.name == spec.name:
+        if other.parent.name in skip:
             continue
         try:
             diff = spec.differs(RunSpec.from_dict(json.loads(other.read_text())))
@@ -184,7 +186,7 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
     threads = int(threads or torch.get_num_threads())
     tasks = unique_tasks(plan)
     for task in tasks:
-        for line in stale_runs(out, task.spec):
+        for line in stale_runs(out, task.spec, in_use=(t.spec.name for t in tasks)):
             print(line)
     args = dict(tests=plan.tests, internal=plan.internal, out=str(out))
     if not workers and not cluster:
