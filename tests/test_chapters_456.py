@@ -186,15 +186,18 @@ def test_chapter05_runs_the_arms_and_parameters_it_says():
 
 
 def test_chapter05_describes_the_committed_results_as_they_are():
-    """The chapter says the committed cpu results are the v1 run with two seeds and that the v2 run is not yet
-    committed: true while docs/results/cpu_headline holds v1 files (no method, seed_gains). When the v2 run is
-    committed this test fails, and the chapter's text must change with it."""
+    """The chapter says the committed cpu results are the v2 run (five seeds with their own views, the by-size draw,
+    v2 intervals with per-seed gains): true of the files in docs/results/cpu_headline, checked here, so the text
+    cannot outlive the files it describes."""
     text = _markdown(CH05)
     plan = json.loads((COMMITTED / "plan.json").read_text())
     committed = pd.read_csv(COMMITTED / "gains.csv")
-    assert plan["profile"] == "cpu" and plan["seeds"] == [0, 1]
-    assert "method" not in committed.columns and "seed_gains" not in committed.columns
-    assert "**v1 run**: two seeds" in text and "The v2 run (five seeds" in text and "not yet" in text
+    assert plan["profile"] == "cpu" and plan["seeds"] == [0, 1, 2, 3, 4]
+    assert {"method", "seed_gains", "p_holm"} <= set(committed.columns)
+    assert committed.n_seeds.max() == 5 and set(committed.kind) >= {"primary", "named"}
+    words = " ".join(text.split())
+    assert "**v2 run**" in words and "five seeds" in words and "drawn by size" in words and "not yet" not in words
+    assert "**v1 run**" not in words
     assert 'config.REPO_ROOT / "docs" / "results" / "cpu_headline"' in _code(CH05)
     # what the chapter draws and computes from them works on the committed files
     assert np.isfinite(stats.detectable(committed))

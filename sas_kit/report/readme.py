@@ -21,7 +21,8 @@ def readme_block(out: Path, command: str, endpoints: tuple[str, ...] | None = No
              f"{', '.join(plan['arms'])}, seeds {plan['seeds']}, {plan['train_images']} training images, "
              f"{plan['samples_per_arm_seed']} prompted samples per arm x seed, images scored "
              f"{', '.join(f'{k} {v}' for k, v in plan['n_test'].items())}, precision {plan['precision']}, wall time "
-             f"{plan['timings']['total_s']:.0f} s on this 2-core machine).", "", *verdict(gains), "",
+             f"{plan['timings']['total_s']:.0f} s of the call that wrote these files; runs an earlier call finished "
+             "are reused, not counted).", "", *verdict(gains), "",
              _table((gains[gains.endpoint.isin(endpoints) & (gains.scope == "external average")] if endpoints
                      else gains[gains.kind != "exploratory"])[cols]), "",
              f"Exploratory rows, Dice per arm and size bin, and figures: [{out}/summary.md]({out}/summary.md)."]
