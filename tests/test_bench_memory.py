@@ -78,3 +78,19 @@ def test_write_docs_refuses_a_chapter_without_its_memory_line(tmp_path):
     with pytest.raises(ValueError, match="01_a.ipynb needs exactly one"):
         bench_memory.write_docs([{"what": "01_a", "seconds": 1, "peak_rss_mib": 1, "mmap_threshold": 0}],
                                 readme=tmp_path / "README.md", notebook_dir=tmp_path)
+
+
+def test_the_docs_name_the_torch_build_the_peaks_were_measured_with(tmp_path):
+    """A CUDA build of torch maps its CUDA libraries (and, through torchvision, triton) even on a CPU, so the same
+    chapter peaks higher than on the CPU build Binder installs: every written figure says which build it is."""
+    import torch
+
+    from sas_kit.cli import machine
+    from sas_kit.models.precision import BINDER_MMAP_THRESHOLD
+
+    build = machine.torch_build()
+    assert build.startswith(f"torch {torch.__version__} (") and ("CUDA" in build) == bool(torch.version.cuda)
+    _chapter(tmp_path / "01_a.ipynb", "**Memory:** this chapter's kernel peaked at 1.0 GiB (1,000 MiB) (old).")
+    row = {"what": "01_a", "seconds": 1.0, "peak_rss_mib": 900, "mmap_threshold": BINDER_MMAP_THRESHOLD}
+    bench_memory.write_docs([row], readme=tmp_path / "README.md", notebook_dir=tmp_path)
+    assert build in nbformat.read(tmp_path / "01_a.ipynb", as_version=4).cells[0].source

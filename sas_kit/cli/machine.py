@@ -27,3 +27,12 @@ def cpu_name() -> str:
     """The CPU's model name, or 'unknown'."""
     line = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("model name")), "")
     return line.split(":", 1)[1].strip() if ":" in line else "unknown"
+
+
+def torch_build() -> str:
+    """The installed torch and which build it is, e.g. 'torch 2.14.1 (CUDA 13.0 build)' or 'torch 2.13.0+cpu
+    (CPU build)': memory depends on it (a CUDA build maps its CUDA libraries and triton even on a CPU)."""
+    import torch
+
+    cuda = torch.version.cuda
+    return f"torch {torch.__version__} ({f'CUDA {cuda} build' if cuda else 'CPU build'})"
