@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import sys
 
 import torch
 
@@ -65,7 +66,25 @@ def trim_heap() -> bool:
     return bool(_LIBC is not None and _LIBC.malloc_trim(0))
 
 
+
+def skip_triton(threshold: int | None = None) -> bool:
+    """In the memory-bounded configuration (``$SAS_KIT_MMAP_THRESHOLD`` > 0, as binder/start sets it) on a machine
+    without a GPU, keep triton from loading: returns whether it did. A CUDA build of torch installs triton, and
+    torchvision's import (timm and segment-anything import it) pulls in ``torch._dynamo``, which imports triton if
+    it can: about 80 MiB resident in a fine-tuning kernel (docs/notes.md, 2026-12-01), for a GPU compiler that has
+    nothing to run on here. A CPU build of torch (Binder's, binder/requirements.txt) has no triton, so there this
+    changes nothing. Registering ``None`` makes ``import triton`` raise ImportError, which torch reads as "no
+    triton" (``torch.utils._triton.has_triton_package``); with a GPU, or triton already imported, it does nothing."""
+    if threshold is None:
+        threshold = int(os.environ.get("SAS_KIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+    if threshold <= 0 or "triton" in sys.modules or torch.cuda.is_available():
+        return False
+    sys.modules["triton"] = None
+    return True
+
+
 bound_heap()
+skip_triton()
 
 
 def _bf16_capable(device: str) -> bool:
