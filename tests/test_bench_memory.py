@@ -89,8 +89,37 @@ def test_the_docs_name_the_torch_build_the_peaks_were_measured_with(tmp_path):
     from sas_kit.models.precision import BINDER_MMAP_THRESHOLD
 
     build = machine.torch_build()
-    assert build.startswith(f"torch {torch.__version__} (") and ("CUDA" in build) == bool(torch.version.cuda)
+    assert build.startswith(f"torch {torch.__version__}, ") and ("CUDA" in build) == bool(torch.version.cuda)
+    assert "(" not in build and ")" not in build  # it sits inside the chapter line's rewritten parenthesis
     _chapter(tmp_path / "01_a.ipynb", "**Memory:** this chapter's kernel peaked at 1.0 GiB (1,000 MiB) (old).")
     row = {"what": "01_a", "seconds": 1.0, "peak_rss_mib": 900, "mmap_threshold": BINDER_MMAP_THRESHOLD}
     bench_memory.write_docs([row], readme=tmp_path / "README.md", notebook_dir=tmp_path)
     assert build in nbformat.read(tmp_path / "01_a.ipynb", as_version=4).cells[0].source
+    row["peak_rss_mib"] = 950  # written twice: the second rewrite replaces the first whole
+    bench_memory.write_docs([row], readme=tmp_path / "README.md", notebook_dir=tmp_path)
+    text = nbformat.read(tmp_path / "01_a.ipynb", as_version=4).cells[0].source
+    assert text.count("peaked at") == 1 and "(950 MiB)" in text and text.count("bench memory") == 1
+
+
+def test_write_docs_rewrites_a_line_that_gives_the_peak_alone(tmp_path):
+    """Older chapters say "peaked at 320 MiB (...)" without the GiB figure: that form is rewritten too."""
+    _chapter(tmp_path / "01_a.ipynb", "**Memory:** this chapter's kernel peaked at 320 MiB (quick profile, phantom, old).")
+    row = {"what": "01_a", "seconds": 1.0, "peak_rss_mib": 812, "mmap_threshold": 0}
+    bench_memory.write_docs([row], readme=tmp_path / "README.md", notebook_dir=tmp_path)
+    text = nbformat.read(tmp_path / "01_a.ipynb", as_version=4).cells[0].source
+    assert "peaked at 0.8 GiB (812 MiB) (quick profile, " in text and "320" not in text and ", old)" not in text
+
+
+def test_write_docs_failure_is_a_message_after_the_table_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from sas_kit.cli import bench, main
+
+    rows = [{"what": "01_a", "seconds": 1.0, "peak_rss_mib": 812, "mmap_threshold": 0}]
+    monkeypatch.setattr(bench_memory, "bench_memory", lambda **kwargs: rows)
+
+    def broken(*args, **kwargs):
+        raise ValueError("01_a.ipynb needs exactly one line")
+
+    monkeypatch.setattr(bench_memory, "write_docs", broken)
+    assert main(["bench", "memory", "--no-demo", "--write-docs"]) == 2
+    out, err = capsys.readouterr()
+    assert "812" in out and "needs exactly one line" in err and "Traceback" not in err

@@ -64,15 +64,19 @@ def run(args) -> int:
     except ValueError as error:
         print(f"bench {args.what}: {error}", file=sys.stderr)
         return 2
-    if args.what == "memory" and args.write_docs:
-        from sas_kit.cli.bench_memory import write_docs
-
-        for path in write_docs(rows, args.profile):
-            print(f"wrote {path}", file=sys.stderr)
-    if args.json:
+    if args.json:  # printed before any docs are written, so a failed write never loses a measurement
         import json
 
         print(json.dumps(rows, indent=1))
     else:
         print_table(rows)
+    if args.what == "memory" and args.write_docs:
+        from sas_kit.cli.bench_memory import write_docs
+
+        try:
+            for path in write_docs(rows, args.profile):
+                print(f"wrote {path}", file=sys.stderr)
+        except ValueError as error:
+            print(f"bench memory --write-docs: {error}", file=sys.stderr)
+            return 2
     return 0

@@ -111,7 +111,8 @@ def _measure(profile: str, notebooks: list[str] | None, demo: bool) -> list[dict
 
 
 # A chapter's opening states its kernel's peak as "**Memory:** this chapter's kernel peaked at 1.4 GiB (1,374 MiB) (...)".
-_CHAPTER_PEAK = re.compile(r"peaked at [^()]*\([\d,]+ MiB\) \([^)]*\)")
+# Older lines give the peak alone ("peaked at 320 MiB (...)"): both forms are rewritten.
+_CHAPTER_PEAK = re.compile(r"peaked at (?:[\d.]+ GiB \([\d,]+ MiB\)|[\d,]+ MiB) \([^)]*\)")
 
 
 def _data_kind() -> str:

@@ -30,9 +30,10 @@ def cpu_name() -> str:
 
 
 def torch_build() -> str:
-    """The installed torch and which build it is, e.g. 'torch 2.14.1 (CUDA 13.0 build)' or 'torch 2.13.0+cpu
-    (CPU build)': memory depends on it (a CUDA build maps its CUDA libraries and triton even on a CPU)."""
+    """The installed torch and which build it is, e.g. 'torch 2.14.1+cu130, CUDA 13.0 build' or
+    'torch 2.13.0+cpu, CPU build': memory depends on it (a CUDA build maps its CUDA libraries and triton even on a CPU)."""
     import torch
 
     cuda = torch.version.cuda
-    return f"torch {torch.__version__} ({f'CUDA {cuda} build' if cuda else 'CPU build'})"
+    return f"torch {torch.__version__}, {f'CUDA {cuda} build' if cuda else 'CPU build'}"  # no parentheses: it sits
+    # inside the parenthesis that bench_memory's chapter-line pattern rewrites
