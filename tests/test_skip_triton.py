@@ -13,7 +13,7 @@ PROBE = ("import sys, torch\nfrom sas_kit.models import precision\nimport torch.
          "print(sys.modules.get('triton', 'absent') is None, t.has_triton_package())")
 
 
-def _run(env_value: str | None) -> str:
+def _run(env_value: str | None) -> list[str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "SAS_KIT_MMAP_THRESHOLD"}

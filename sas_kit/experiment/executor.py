@@ -185,8 +185,9 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
 
     threads = int(threads or torch.get_num_threads())
     tasks = unique_tasks(plan)
+    names = {t.spec.name for t in tasks}  # the plan's own runs: in use, never stale
     for task in tasks:
-        for line in stale_runs(out, task.spec, in_use=(t.spec.name for t in tasks)):
+        for line in stale_runs(out, task.spec, in_use=names):
             print(line)
     args = dict(tests=plan.tests, internal=plan.internal, out=str(out))
     if not workers and not cluster:

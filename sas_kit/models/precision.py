@@ -48,13 +48,18 @@ def _libc():
 _LIBC = _libc()  # None off glibc (macOS, musl): both functions below are then no-ops
 
 
+def _threshold() -> int:
+    """The heap setting asked for: ``$SAS_KIT_MMAP_THRESHOLD`` in bytes, else MMAP_THRESHOLD (0: off)."""
+    return int(os.environ.get("SAS_KIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+
+
 def bound_heap(threshold: int | None = None) -> bool:
     """Fix glibc's mmap threshold (``threshold`` bytes, default ``$SAS_KIT_MMAP_THRESHOLD`` or MMAP_THRESHOLD = 0:
     off) so that large tensors freed by a decoder pass go back to the OS instead of staying in the heap;
     process-wide, applied on import of this module (every model path imports it). Numbers are unchanged: only
     where the allocator takes memory from (and its speed: see above). Returns whether it was set."""
     if threshold is None:
-        threshold = int(os.environ.get("SAS_KIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+        threshold = _threshold()
     if _LIBC is None or threshold <= 0:
         return False
     return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
@@ -66,7 +71,6 @@ def trim_heap() -> bool:
     return bool(_LIBC is not None and _LIBC.malloc_trim(0))
 
 
-
 def skip_triton(threshold: int | None = None) -> bool:
     """In the memory-bounded configuration (``$SAS_KIT_MMAP_THRESHOLD`` > 0, as binder/start sets it) on a machine
     without a GPU, keep triton from loading: returns whether it did. A CUDA build of torch installs triton, and
@@ -76,7 +80,7 @@ def skip_triton(threshold: int | None = None) -> bool:
     changes nothing. Registering ``None`` makes ``import triton`` raise ImportError, which torch reads as "no
     triton" (``torch.utils._triton.has_triton_package``); with a GPU, or triton already imported, it does nothing."""
     if threshold is None:
-        threshold = int(os.environ.get("SAS_KIT_MMAP_THRESHOLD", MMAP_THRESHOLD))
+        threshold = _threshold()
     if threshold <= 0 or "triton" in sys.modules or torch.cuda.is_available():
         return False
     sys.modules["triton"] = None
