@@ -34,6 +34,31 @@ def _deepest_by_edt(region):
 # --------------------------------------------------------------------------- the clicker
 
 
+def test_deepest_point_on_the_cropped_box_equals_the_whole_image_transform():
+    """prompts._deepest runs the distance transform on the region's padded bounding box only: on random regions
+    (blobs, several parts, thin lines, regions touching the image border, ties) it must pick the same pixel as
+    the transform of the whole image."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(300):
+        h, w = rng.integers(5, 90, size=2)
+        noise = ndimage.gaussian_filter(rng.normal(size=(h, w)), sigma=rng.uniform(0.5, 6))
+        region = noise > np.quantile(noise, rng.uniform(0.6, 0.99))
+        if trial % 5 == 0:
+            region[:, : rng.integers(1, w)] |= rng.random() < 0.5  # a region along the border
+        if trial % 7 == 0:
+            region = np.zeros((h, w), bool)
+            region[rng.integers(0, h), :] = True  # a one-pixel line: every pixel ties
+        if not region.any():
+            continue
+        assert prompts._deepest(region) == _deepest_by_edt(region), trial
+        checked += 1
+    assert checked > 250
+    with pytest.raises(ValueError, match="empty region"):
+        prompts._deepest(np.zeros((4, 4), bool))
+
+
+
 def test_negative_click_at_the_centre_of_a_larger_false_positive():
     gt = _rect(10, 30, 10, 30)  # 400 px
     blob = _rect(40, 59, 35, 54)  # 19 x 19 = 361 spurious px, disjoint from gt, centre (44, 49)

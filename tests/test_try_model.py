@@ -43,6 +43,23 @@ def test_find_checkpoints_labels_by_folder(checkpoint):
     assert try_model.find_checkpoints(checkpoint.parent / "missing") == {}
 
 
+def test_find_checkpoints_keeps_the_newest_few(tmp_path):
+    """A runs folder after chapter 07 holds dozens of best.pt files: the widget loads the newest
+    MAX_CHECKPOINTS (each ≈ 30 MiB), in label order, and says which it left out."""
+    import os
+
+    for i, name in enumerate(["e", "a", "d", "b", "f", "c"]):  # written in this order: c newest, e oldest
+        path = tmp_path / name / "best.pt"
+        path.parent.mkdir()
+        path.write_bytes(b"")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    chosen = try_model.find_checkpoints(tmp_path, limit=4)
+    assert list(chosen) == ["b", "c", "d", "f"]
+    assert try_model.left_out(tmp_path, chosen) == ["a", "e"]
+    assert len(try_model.find_checkpoints(tmp_path)) == try_model.MAX_CHECKPOINTS
+    assert list(try_model.find_checkpoints(tmp_path, limit=None)) == ["a", "b", "c", "d", "e", "f"]
+
+
 def test_decoder_only_checkpoint_shares_the_encoder_and_encodes_once(session):
     assert list(session.sams) == ["zero-shot", "perturbed"]
     assert session.sams["zero-shot"].image_encoder is session.sams["perturbed"].image_encoder

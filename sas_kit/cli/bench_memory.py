@@ -20,9 +20,10 @@ PEAK_CELL = ("import resource, json\n"
              "print('SAS_KIT_PEAK_RSS', json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))")
 
 
-def notebook_peak(path: Path, profile: str = "quick", timeout: int = 1800) -> dict:
-    """Execute ``path`` with papermill and the profile's parameters in a fresh kernel; return
-    ``{what, seconds, peak_rss_mib}`` where the peak is the kernel process's own maximum RSS."""
+def notebook_peak(path: Path, profile: str = "quick", timeout: int = 1800, cwd: Path | None = None) -> dict:
+    """Execute ``path`` with papermill and the profile's parameters in a fresh kernel, in ``cwd`` (default the
+    notebook's folder); return ``{what, seconds, peak_rss_mib}`` where the peak is the kernel process's own
+    maximum RSS."""
     import json
 
     import nbformat
@@ -36,7 +37,7 @@ def notebook_peak(path: Path, profile: str = "quick", timeout: int = 1800) -> di
         src, out = Path(tmp) / path.name, Path(tmp) / f"out_{path.name}"
         nbformat.write(nb, src)
         t0 = time.perf_counter()
-        papermill.execute_notebook(str(src), str(out), parameters=params, cwd=str(path.parent),
+        papermill.execute_notebook(str(src), str(out), parameters=params, cwd=str(cwd or path.parent),
                                    kernel_name="python3", progress_bar=False, execution_timeout=timeout)
         seconds = time.perf_counter() - t0
         done = nbformat.read(out, as_version=4)
@@ -103,7 +104,13 @@ def _measure(profile: str, notebooks: list[str] | None, demo: bool) -> list[dict
         paths = [p for p in paths if any(p.name.startswith(n) for n in notebooks)]
     # what importing torch alone holds here: the part of every peak that is the torch build, not the kit
     rows = [command_peak([sys.executable, "-c", "import torch"], "import torch (baseline)")]
-    rows += [notebook_peak(p, profile) for p in paths]
+    # The chapters write their runs to ../runs and reuse finished ones; a checkout's runs/ (from `make site`, the
+    # tests or earlier sessions) would turn chapter 04's training into a reload and hand chapter 03's widget
+    # every checkpoint there. So the chapters run in a fresh folder, in order, as on a new Binder session.
+    with tempfile.TemporaryDirectory() as fresh:
+        cwd = Path(fresh) / "notebooks"
+        cwd.mkdir()
+        rows += [notebook_peak(p, profile, cwd=cwd) for p in paths]
     if demo:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(command_peak([sys.executable, "-m", "sas_kit", "demo", "--out", tmp], "sas-kit demo"))

@@ -18,7 +18,7 @@ from sas_kit.models import precision as precision_policy
 from sas_kit.models import prompts as prompt_names
 from sas_kit.models import registry
 
-WAYS = ("reference", "reference-nhwc", "fast", "fast-1thread")
+WAYS = ("reference", "fast-chunk16", "fast-chunk1", "fast", "fast-1thread")
 NOC = (0.85, 0.90)
 def cpu_flags() -> str:
     """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and torch's thread count."""
@@ -39,10 +39,15 @@ def _way(way: str):
     embedding handed over channels-last, a layout-only change that shows how far bf16 results move when nothing
     but memory order changes (the noise floor of any re-ordered decoder). ``fast``: the fast no-grad path.
     ``fast-1thread``: the same with torch limited to one thread (on a loaded 2-core machine each parallel op
-    waits for a descheduled thread)."""
+    waits for a descheduled thread). ``fast-chunkN``: the fast path decoding N rows at a time instead of
+    :data:`fast_decode.CHUNK` (``fast-chunk16``: evaluate's whole batches of 16 parts, the path before chunking)."""
+    from sas_kit.models import fast_decode
+
     previous = registry.set_fast_decode(way.startswith("fast"))
-    threads = torch.get_num_threads()
+    threads, chunk = torch.get_num_threads(), fast_decode.CHUNK
     original = registry._predict_masks
+    if way.startswith("fast-chunk"):
+        fast_decode.CHUNK = int(way[len("fast-chunk"):])
     if way == "reference-nhwc":
         def nhwc(decoder, image_embeddings, image_pe, sparse, dense):
             src = (image_embeddings + dense).contiguous(memory_format=torch.channels_last)
@@ -54,6 +59,7 @@ def _way(way: str):
         yield
     finally:
         registry._predict_masks = original
+        fast_decode.CHUNK = chunk
         torch.set_num_threads(threads)
         registry.set_fast_decode(previous)
 
@@ -97,6 +103,8 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
     targets = ref.reset_index()["id"].nunique()
     flags = cpu_flags()
     rows = []
+    from sas_kit.models import fast_decode
+
     for way in ways:
         df = frames[way].set_index(["id", "prompt"]).sort_index()
         delta = (df["dice"] - ref["dice"]).abs()
@@ -105,7 +113,9 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
         noc_diff = int((df[noc_cols].xs("box", level="prompt") != ref[noc_cols].xs("box", level="prompt"))
                        .any(axis=1).sum())
         best = min(times[way])
-        rows.append({"way": way, "precision": precision, "targets": targets,
+        chunk = int(way[len("fast-chunk"):]) if way.startswith("fast-chunk") else fast_decode.CHUNK
+        rows.append({"way": way, "chunk": chunk if way.startswith("fast") else 16, "precision": precision,
+                     "targets": targets,
                      "s_per_target": round(best / targets, 3),
                      "speedup": round(min(times["reference"]) / best, 2),
                      **{f"d_{p}": round(float(per_prompt.get(p, np.nan)), 4) for p in prompt_names.PROMPTS},

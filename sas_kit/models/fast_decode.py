@@ -26,6 +26,12 @@ import torch.nn.functional as F
 
 _FAST = {"on": os.environ.get("SAS_KIT_FAST_DECODE", "1") != "0"}
 
+CHUNK = 4
+"""Rows decoded at a time. The image side moves B x 4096 x 256 keys through ~200 memory-bound ops (casts, adds,
+norms, GELU), so a batch of 16 (64 MiB of fp32 keys) runs from DRAM while 4 rows stay in cache: on 2 cores a row
+cost about half as much in chunks of 1-4 as in one batch of 16 (docs/notes.md, "decode chunks"). Rows are
+independent, so chunking changes no bf16 bit and, at 4, no fp32 bit either (tests/test_fast_decode.py)."""
+
 
 def set_fast_decode(on: bool) -> bool:
     """Switch the fast no-grad decode path on or off for this process; returns the previous setting."""
@@ -137,10 +143,21 @@ def _fast_keys(wts: dict, image_embeddings: torch.Tensor, mask_input: torch.Tens
 
 def predict_masks(sam, image_embeddings, sparse, mask_input, outputs) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_predict_masks` for inference (no grad): the mask logits B x M x 256 x 256 of the decoder outputs
-    ``outputs`` only (mask-token indices) and the IoU predictions B x 4 of all. See the comment above."""
+    ``outputs`` only (mask-token indices) and the IoU predictions B x 4 of all, decoded :data:`CHUNK` rows at a
+    time. See the comment above."""
+    wts = _fast_weights(sam, _compute_dtype(image_embeddings.device))
+    b = image_embeddings.shape[0]
+    if b <= CHUNK:
+        return _predict_chunk(sam, wts, image_embeddings, sparse, mask_input, outputs)
+    parts = [_predict_chunk(sam, wts, image_embeddings[i:i + CHUNK], sparse[i:i + CHUNK],
+                            None if mask_input is None else mask_input[i:i + CHUNK], outputs) for i in range(0, b, CHUNK)]
+    return torch.cat([m for m, _ in parts]), torch.cat([q for _, q in parts])
+
+
+def _predict_chunk(sam, wts, image_embeddings, sparse, mask_input, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_masks` for one chunk of rows, with the weights of :func:`_fast_weights`."""
     dec = sam.mask_decoder
     tr = dec.transformer
-    wts = _fast_weights(sam, _compute_dtype(image_embeddings.device))
     pe = wts["pe"]
     tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
     tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)

@@ -23,11 +23,26 @@ PRED_COLOUR = NEG_COLOUR = (255, 60, 60)  # predicted mask tint, negative clicks
 BOX_COLOUR = (255, 220, 0)
 
 
-def find_checkpoints(root: str | Path) -> dict[str, Path]:
+MAX_CHECKPOINTS = 4  # models answering side by side: each fine-tuned one holds ≈ 30 MiB and one decode per prompt
+
+
+def find_checkpoints(root: str | Path, limit: int | None = MAX_CHECKPOINTS) -> dict[str, Path]:
     """Fine-tuned ``best.pt`` files under ``root`` (runs of notebooks 04/05, `sas-kit train`), labelled by
-    their folder relative to ``root``."""
+    their folder relative to ``root``: the ``limit`` newest (``None``: all), in label order. After chapter 07's
+    ablation (17 runs) a runs folder holds dozens; loading them all took chapter 03's kernel from 1.1 to 2.0 GiB
+    (`sas-kit bench memory`, docs/notes.md), past a Binder session's memory. :func:`left_out` says what was skipped."""
     root = Path(root)
-    return {str(p.parent.relative_to(root)): p for p in sorted(root.glob("**/best.pt"))} if root.is_dir() else {}
+    found = sorted(root.glob("**/best.pt")) if root.is_dir() else []
+    if limit is not None:
+        found = sorted(sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:limit])
+    return {str(p.parent.relative_to(root)): p for p in found}
+
+
+def left_out(root: str | Path, chosen: dict[str, Path]) -> list[str]:
+    """Labels of the ``best.pt`` files under ``root`` that :func:`find_checkpoints` did not choose."""
+    root = Path(root)
+    every = find_checkpoints(root, limit=None)
+    return [label for label in every if label not in chosen]
 
 
 def load_models(model: str = "litemedsam", checkpoints: dict[str, str | Path] | None = None,
