@@ -140,8 +140,17 @@ def click_curve(per_image: pd.DataFrame):
 
 
 def save(fig, path: Path) -> None:
+    """Write ``fig`` and free it now: a closed figure's artists form reference cycles that only the cyclic
+    collector frees, and the example panels hold full-size images (chapter 05's report phase on real data rose
+    ≈ 350 MiB until a collection; docs/notes.md), so collect and hand the heap pages back."""
+    import gc
+
+    from sas_kit.models import precision
+
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    gc.collect()
+    precision.trim_heap()
 
 
 def write_figures(out: Path, plan, per_image, gains, sizes, history, panels) -> list[str]:

@@ -15,8 +15,8 @@ def overlay(ax, image: np.ndarray, mask: np.ndarray, title: str = "", color=(1.0
     """Draw ``image`` (grey or RGB) with ``mask`` tinted and outlined on ``ax``."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     if mask is not None and mask.any():
-        tint = np.zeros((*mask.shape, 4))
-        tint[mask] = (*color, alpha)
+        tint = np.zeros((*mask.shape, 4), np.uint8)  # RGBA bytes: a float64 tint was 32 B/pixel per panel
+        tint[mask] = np.round(np.array([*color, alpha]) * 255).astype(np.uint8)
         ax.imshow(tint, interpolation="nearest")
         ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
     ax.set_title(title, fontsize=8)

@@ -66,8 +66,13 @@ def example_panels(plan: Plan, out: str | Path, n: int = 4) -> list[tuple]:
     examples = load_tests(plan.tests, plan.internal)
     picks = sorted(((ex["area_fraction"], name, ex) for name, items in examples.items() for ex in items),
                    key=lambda t: t[0])[:n]
-    sams = {arm: registry.load_model(plan.model, device=plan.device, checkpoint=executor.run_folder(
-        out, tasks[arm].spec) / "best.pt" if tasks[arm].spec.trains else None) for arm in arms}
+    from sas_kit.report.try_model import load_models
+
+    base = registry.load_model(plan.model, device=plan.device)
+    # decoder-only checkpoints share the base encoder (one encoder in memory, not one per arm)
+    loaded = load_models(plan.model, {arm: executor.run_folder(out, tasks[arm].spec) / "best.pt" for arm in arms
+                                      if tasks[arm].spec.trains}, device=plan.device, base=base)
+    sams = {arm: loaded[arm] if tasks[arm].spec.trains else base for arm in arms}
     cache = EmbeddingCache(plan.model, root=True, precision=plan.precision, device=plan.device)
     spec = registry.get_spec(plan.model)
     panels = []
