@@ -142,20 +142,23 @@ def test_click_sessions_fast_equal_reference_fp32(sam):
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_chunked_decode_equals_one_batch(sam, inputs, precision, monkeypatch):
     """A batch larger than fast_decode.CHUNK is decoded in chunks of CHUNK rows (cache-sized, docs/notes.md); the
-    rows are independent, so the result equals decoding the whole batch at once, bit for bit at CHUNK rows.
-    Fails if a chunk loses, repeats or reorders rows (each input row is different)."""
+    rows are independent, so the result equals decoding the whole batch at once: bit for bit in bf16, within
+    fp32 matmul rounding. Fails if a chunk loses, repeats or reorders rows (each input row is different)."""
     from sas_kit.models import fast_decode
 
     emb, scales, points, labels, _, mask = inputs
-    rep = 3  # 9 rows: chunks of 4, 4 and 1 at CHUNK = 4
+    rep = 3  # 9 rows
     kw = dict(embeddings=torch.cat([emb * (1 + 0.1 * r) for r in range(rep)]), scales=scales * rep,
               points=np.concatenate([points + 7 * r for r in range(rep)]), labels=np.concatenate([labels] * rep),
               mask_input=torch.cat([mask * (1 - 0.2 * r) for r in range(rep)]))
-    chunked, chunked_iou = _decode(sam, True, precision, **kw)
-    monkeypatch.setattr(fast_decode, "CHUNK", 10 ** 6)  # one batch
+    chunked, chunked_iou = _decode(sam, True, precision, **kw)  # the kit's CHUNK ...
+    monkeypatch.setattr(fast_decode, "CHUNK", 4)  # ... chunks of 4, 4 and 1 ...
+    four, _ = _decode(sam, True, precision, **kw)
+    monkeypatch.setattr(fast_decode, "CHUNK", 10 ** 6)  # ... and one batch
     whole, whole_iou = _decode(sam, True, precision, **kw)
     assert chunked.shape == whole.shape == (B * rep, 1, 256, 256)
     assert not torch.equal(whole[0], whole[B])  # distinct rows: a dropped or repeated row would show
     tol = 0 if precision == "bf16" else 1e-4  # fp32: matmul blocking may differ with the row count
     assert (chunked - whole).abs().max().item() <= tol
+    assert (four - whole).abs().max().item() <= tol
     assert (chunked_iou - whole_iou).abs().max().item() <= tol
