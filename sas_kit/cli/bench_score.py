@@ -16,7 +16,7 @@ from sas_kit.experiment.embed_cache import EmbeddingCache
 from sas_kit.experiment.evaluate import evaluate
 from sas_kit.models import precision as precision_policy
 from sas_kit.models import prompts as prompt_names
-from sas_kit.models import registry
+from sas_kit.models import fast_decode, registry
 
 WAYS = ("reference", "fast-chunk16", "fast-chunk1", "fast", "fast-1thread")
 NOC = (0.85, 0.90)
@@ -33,6 +33,14 @@ def _items(names, n):
     return out
 
 
+def _rows_per_decode(way: str) -> int:
+    """Rows per decoder call of a way: N for ``fast-chunkN``, the kit's CHUNK for the other fast ways, and
+    evaluate's batch of 16 for Meta's decoder (which is not chunked)."""
+    if way.startswith("fast-chunk"):
+        return int(way[len("fast-chunk"):])
+    return fast_decode.CHUNK if way.startswith("fast") else 16
+
+
 @contextlib.contextmanager
 def _way(way: str):
     """``reference``: Meta's decoder (the fast path off). ``reference-nhwc``: the same with the summed image
@@ -41,13 +49,11 @@ def _way(way: str):
     ``fast-1thread``: the same with torch limited to one thread (on a loaded 2-core machine each parallel op
     waits for a descheduled thread). ``fast-chunkN``: the fast path decoding N rows at a time instead of
     :data:`fast_decode.CHUNK` (``fast-chunk16``: evaluate's whole batches of 16 parts, the path before chunking)."""
-    from sas_kit.models import fast_decode
-
     previous = registry.set_fast_decode(way.startswith("fast"))
     threads, chunk = torch.get_num_threads(), fast_decode.CHUNK
     original = registry._predict_masks
-    if way.startswith("fast-chunk"):
-        fast_decode.CHUNK = int(way[len("fast-chunk"):])
+    if way.startswith("fast"):
+        fast_decode.CHUNK = _rows_per_decode(way)
     if way == "reference-nhwc":
         def nhwc(decoder, image_embeddings, image_pe, sparse, dense):
             src = (image_embeddings + dense).contiguous(memory_format=torch.channels_last)
@@ -103,8 +109,6 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
     targets = ref.reset_index()["id"].nunique()
     flags = cpu_flags()
     rows = []
-    from sas_kit.models import fast_decode
-
     for way in ways:
         df = frames[way].set_index(["id", "prompt"]).sort_index()
         delta = (df["dice"] - ref["dice"]).abs()
@@ -113,8 +117,7 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
         noc_diff = int((df[noc_cols].xs("box", level="prompt") != ref[noc_cols].xs("box", level="prompt"))
                        .any(axis=1).sum())
         best = min(times[way])
-        chunk = int(way[len("fast-chunk"):]) if way.startswith("fast-chunk") else fast_decode.CHUNK
-        rows.append({"way": way, "chunk": chunk if way.startswith("fast") else 16, "precision": precision,
+        rows.append({"way": way, "chunk": _rows_per_decode(way), "precision": precision,
                      "targets": targets,
                      "s_per_target": round(best / targets, 3),
                      "speedup": round(min(times["reference"]) / best, 2),
