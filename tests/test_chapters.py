@@ -110,20 +110,24 @@ def test_chapter03_written_out_click_rule_equals_the_library():
         pred = (np.roll(gt, tuple(rng.integers(-6, 7, size=2)), axis=(0, 1)) if kind == 0 else
                 _random_blobs(rng) if kind == 1 else gt.copy() if kind == 2 else np.zeros_like(gt))
         assert ns["next_click"](gt, pred) == prompts.next_click(gt, pred)
+        errors = np.argwhere(gt != pred)[:, ::-1]  # (x, y) of every error pixel: click some of them first
+        clicked = [tuple(int(v) for v in xy) for xy in errors[rng.permutation(len(errors))[:rng.integers(0, 4)]]]
+        assert ns["next_click"](gt, pred, clicked) == prompts.next_click(gt, pred, clicked=clicked)
         if gt.any():
-            assert ns["deepest"](gt) == prompts.first_click(gt)
+            assert ns["deepest"](gt)[0] == prompts.first_click(gt)
         cases += 1
-    # ties: a missed and a spurious region of equal size -> the positive click, as the library says
+    # ties: a missed and a spurious region of equal depth -> the negative click, as RITM's clicker and the library
     gt, pred = np.zeros((10, 10), bool), np.zeros((10, 10), bool)
     gt[1:3, 1:3], pred[6:8, 6:8] = True, True
-    assert ns["next_click"](gt, pred) == prompts.next_click(gt, pred) and prompts.next_click(gt, pred)[1] == 1
+    assert ns["next_click"](gt, pred) == prompts.next_click(gt, pred) and prompts.next_click(gt, pred)[1] == 0
     assert cases == 300
 
 
 def test_chapter03_checks_its_clicks_against_the_library_session_it_runs():
     source = next(c.source for c in _code_cells(CH03) if "def next_click(" in c.source)
     assert "segment.click_sessions(" in source  # the library's own session places the clicks that are compared
-    assert "prompts.next_click(part, s.preds[k - 1])" in source and "prompts.first_click(part)" in source
+    assert "prompts.next_click(\n            part, s.preds[k - 1], clicked=before)" in source
+    assert "prompts.first_click(part)" in source
     assert "assert (tuple(s.points[k]), s.labels[k]) == next_click(" in source  # the session's own clicks
 
 

@@ -51,11 +51,12 @@ def test_deepest_point_on_the_cropped_box_equals_the_whole_image_transform():
             region[rng.integers(0, h), :] = True  # a one-pixel line: every pixel ties
         if not region.any():
             continue
-        assert prompts._deepest(region) == _deepest_by_edt(region), trial
+        (x, y), depth = prompts._deepest(region)
+        assert (x, y) == _deepest_by_edt(region), trial
+        assert depth == ndimage.distance_transform_edt(np.pad(region, 1))[1 + y, 1 + x], trial
         checked += 1
     assert checked > 250
-    with pytest.raises(ValueError, match="empty region"):
-        prompts._deepest(np.zeros((4, 4), bool))
+    assert prompts._deepest(np.zeros((4, 4), bool)) is None
 
 
 
@@ -82,21 +83,50 @@ def test_positive_click_when_the_missed_region_is_larger():
     assert (x, y) == _deepest_by_edt(missed)
 
 
-def test_larger_means_more_pixels_not_deeper():
-    """The kit's choice (RITM differs): the error region with MORE PIXELS wins, even when a smaller region is
-    thicker. RITM compares the largest distance-transform value of all FN vs all FP pixels instead, so it would
-    click the 10 x 10 false positive here (depth 5) rather than the 2-pixel-thin 300-pixel miss (depth 1)."""
+def test_deeper_error_wins_not_larger():
+    """RITM's rule: the deeper distance-transform maximum wins, not the region with more pixels. A 2-pixel-thin
+    ring of 224 missed pixels (depth 1) loses to a 10 x 10 false positive (depth 5); a tie of depths goes to the
+    negative click."""
     gt = _rect(10, 40, 10, 40)
     sliver = gt & ~_rect(12, 38, 12, 38)  # a 2-px-wide ring along gt's border: 900 - 676 = 224 missed px
     blob = _rect(48, 58, 48, 58)  # 100 px, 10 x 10
     pred = (gt & ~sliver) | blob
     assert sliver.sum() > blob.sum()
     (x, y), label = prompts.next_click(gt, pred)
-    assert label == 1 and sliver[y, x]
-    # equal pixel counts: the miss (positive click) wins the tie (RITM: the negative one wins a tie of depths)
+    assert label == 0 and blob[y, x] and (x, y) == _deepest_by_edt(blob)
+    # equal depths (a 10 x 5 miss and a 5 x 10 false positive, both depth 3): the negative click
     gt2 = _rect(0, 10, 0, 10)
-    (x, y), label = prompts.next_click(gt2, (gt2 & ~_rect(0, 10, 0, 5)) | _rect(20, 30, 20, 25))
-    assert label == 1
+    spurious = _rect(20, 25, 20, 30)
+    (x, y), label = prompts.next_click(gt2, (gt2 & ~_rect(0, 10, 0, 5)) | spurious)
+    assert label == 0 and spurious[y, x]
+
+
+def test_a_pixel_is_never_clicked_twice():
+    """RITM's "not clicked" map: a click the model ignored is not given again at the same pixel; the next one goes
+    to the deepest unclicked error pixel, and when every error pixel has been clicked the session has no click."""
+    gt = _rect(10, 31, 10, 31)  # 21 x 21, centre (20, 20)
+    first = prompts.first_click(gt)
+    assert first == (20, 20)
+    nothing = np.zeros_like(gt)
+    assert prompts.next_click(gt, nothing) == (first, 1)  # without the session's clicks: the same pixel
+    (x, y), label = prompts.next_click(gt, nothing, clicked=[first])
+    assert label == 1 and gt[y, x] and (x, y) != first
+    depth = ndimage.distance_transform_edt(np.pad(gt, 1))[1:-1, 1:-1]
+    assert depth[y, x] == depth[20, 20] - 1  # the next-deepest ring of the square (first in raster order)
+    one = _rect(5, 6, 5, 6)  # a one-pixel miss, already clicked: nothing left
+    assert prompts.next_click(one, np.zeros_like(one), clicked=[(5, 5)]) is None
+    # a clicked pixel outside the errors changes nothing
+    assert prompts.next_click(gt, nothing, clicked=[(0, 0)]) == (first, 1)
+
+
+def test_a_session_never_repeats_a_click(fake):
+    """A model that ignores every click: each round's click is a new pixel of the (unchanged) miss."""
+    gt = _rect(10, 30, 10, 30)
+    fake(lambda points, labels, prev: np.zeros_like(gt))
+    s = segment.click_sessions(FAKE_SAM, "litemedsam", [torch.zeros(1, 1)], [{"scale_xy": (1.0, 1.0)}], [gt],
+                               [np.zeros_like(gt)], [6])[0]
+    assert len(s.points) == 6 and len(set(map(tuple, s.points))) == 6 and s.labels == [1] * 6
+    assert all(gt[y, x] for x, y in s.points)
 
 
 # --------------------------------------------------------------------------- a scripted decoder

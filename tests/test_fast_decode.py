@@ -86,12 +86,40 @@ def test_batch_equals_rows_one_by_one(sam, inputs):
         torch.testing.assert_close(one, both[i:i + 1], rtol=1e-4, atol=1e-4)
 
 
-def test_grad_mode_uses_the_differentiable_reference(sam, inputs):
-    emb, scales, points, labels = inputs[:4]
-    low, iou = registry.decode_batch(sam, emb, scales, points=points, labels=labels)
-    (low.mean() + iou.mean()).backward()
-    assert sam.mask_decoder.output_upscaling[0].weight.grad is not None
+def _grads(sam, fast: bool, **kw) -> tuple[torch.Tensor, dict]:
+    """Low-res logits and every parameter's gradient of a loss on them (fp32, gradients on)."""
+    previous = registry.set_fast_decode(fast)
     sam.zero_grad(set_to_none=True)
+    try:
+        low, iou = registry.decode_batch(sam, **kw)
+        (torch.sigmoid(low).square().mean() + low.mean() + iou.mean()).backward()
+        return low.detach(), {n: p.grad.clone() for n, p in sam.named_parameters() if p.grad is not None}
+    finally:
+        registry.set_fast_decode(previous)
+        sam.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("case", ["box", "points+mask"])
+def test_training_decode_fast_gradients_equal_reference_fp32(sam, inputs, case):
+    """Training decodes take the fast path too: the same logits and the same gradient for every parameter that
+    shapes the kept output. The other outputs' hypernetworks, which the reference sends a zero gradient, get none."""
+    emb, scales = inputs[:2]
+    kw = dict(embeddings=emb, scales=scales, **CASES[case](*inputs))
+    ref_low, ref = _grads(sam, False, **kw)
+    low, fast = _grads(sam, True, **kw)
+    assert (low - ref_low).abs().max() <= 1e-3 * max(1.0, float(ref_low.abs().mean()))
+    unused = {n for n in ref if n.startswith("mask_decoder.output_hypernetworks_mlps.") and not
+              n.startswith("mask_decoder.output_hypernetworks_mlps.0.")}
+    assert unused and all(float(ref[n].abs().max()) == 0.0 for n in unused)
+    assert set(fast) == set(ref) - unused
+    checked = 0
+    for name, g in ref.items():
+        if name in unused or float(g.norm()) < 1e-6:  # e.g. attention key biases: the softmax ignores them
+            continue
+        rel = float((fast[name] - g).norm() / g.norm())
+        assert rel <= 1e-3, f"{name}: relative gradient difference {rel:.2e}"
+        checked += 1
+    assert checked >= 40  # the transformer, upscaling, hypernetwork 0, the prompt encoder's mask convolutions
 
 
 def test_fast_path_follows_in_place_weight_updates():

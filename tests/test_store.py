@@ -247,3 +247,28 @@ def test_sweep_temps_removes_only_old_temporaries(tmp_path):
     assert files.sweep_temps(tmp_path, once=False) == 1
     assert not old.exists() and new.exists() and entry.exists()
     assert files.sweep_temps(tmp_path / "missing", once=False) == 0
+
+
+# ----------------------------------------------------------------------------- 4. the plan's encode stage
+
+def test_plan_encode_stage_encodes_each_test_image_once(tmp_data_root, monkeypatch):
+    """run_plan encodes the plan's non-empty test images in shares before any run: the shares are disjoint, together
+    they cover every such image (one encoder call each), a second pass encodes nothing, and scoring then finds every
+    embedding stored."""
+    from sas_kit.data.datasets import to_arrays
+    from sas_kit.experiment import executor
+    from sas_kit.experiment.protocol import load_tests, make_plan
+
+    monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)
+    plan = make_plan("quick", arms=("zero_shot",), seeds=(0,), precision="fp32")
+    assert executor.shares_embeddings(plan)
+    images = [image for exs in load_tests(plan.tests, plan.internal).values()
+              for image, mask in map(to_arrays, exs) if mask.any()]
+    keys = {pixel_key(im) for im in images}
+    assert len(keys) >= 4
+    with one_thread():
+        calls = [executor.encode_share(plan, i, 3, progress=False) for i in range(3)]
+        assert sum(calls) == len(keys) and min(calls) >= 1  # disjoint shares, each image once
+        assert [executor.encode_share(plan, i, 3, progress=False) for i in range(3)] == [0, 0, 0]
+    cache = EmbeddingCache("litemedsam", root=True, precision="fp32")
+    assert all(im in cache for im in images)

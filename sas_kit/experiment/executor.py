@@ -158,6 +158,39 @@ def _pick_gpu(spec: RunSpec) -> None:
         torch.cuda.set_device(name % torch.cuda.device_count())
 
 
+def encode_share(plan: Plan, share: int, shares: int, progress: bool = True, threads: int | None = None) -> int:
+    """Encode the plan's non-empty test images ``share``, ``share + shares``, ... into the embedding store that
+    every decoder-mode and zero-shot scoring reads (base encoder, the plan's precision); return the encoder calls.
+    :func:`run_plan` runs the ``shares`` shares side by side before any run, so each test image is encoded once,
+    not once by every run that reaches it before another has stored it."""
+    import torch
+
+    from sas_kit.data.datasets import to_arrays
+    from sas_kit.experiment.embed_cache import EmbeddingCache
+    from sas_kit.models import registry
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        spec = plan.tasks[0].spec
+        items = [ex for exs in load_tests(plan.tests, plan.internal).values() for ex in exs][share::shares]
+        cache = EmbeddingCache(spec.model, root=True, precision=spec.precision, device=spec.device)
+        todo = [image for image, mask in map(to_arrays, items) if mask.any() and image not in cache]
+        if not todo:
+            return 0
+        sam = registry.load_model(spec.model, device=spec.device)
+        return cache.fill(sam, spec.model, todo, desc=f"encode test images ({share + 1}/{shares})", progress=progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def shares_embeddings(plan: Plan) -> bool:
+    """Whether the plan's scoring reads the base encoder's stored test embeddings (any decoder-mode or zero-shot
+    task; a full-mode run encodes with its own encoder)."""
+    return any(t.spec.mode == "decoder" or not t.spec.trains for t in plan.tasks)
+
+
 def unique_tasks(plan: Plan) -> list[Task]:
     """The plan's tasks without repeats (a curve point equal to a main run is that run)."""
     seen, out = set(), []
@@ -190,12 +223,19 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
         for line in stale_runs(out, task.spec, in_use=names):
             print(line)
     args = dict(tests=plan.tests, internal=plan.internal, out=str(out))
+    encode = shares_embeddings(plan) and not plan.device.startswith("cuda")  # a GPU encodes in milliseconds
     if not workers and not cluster:
+        if encode:
+            encode_share(plan, 0, 1, progress=progress, threads=threads)
         return [run_task(t, progress=progress, threads=threads, **args) for t in tasks]
     from tqdm.auto import tqdm
 
     with dask_client(workers, cluster, gpu=plan.device.startswith("cuda"), threads=threads) as client:
         resources = {"GPU": 1} if plan.device.startswith("cuda") and cluster else None
+        if encode:  # every test image once, spread over the workers, before any run reads them
+            shares = max(1, workers or len(client.scheduler_info().get("workers", {})) or 1)
+            client.gather(client.map(encode_share, [plan] * shares, range(shares), [shares] * shares,
+                                     progress=False, threads=threads, pure=False))
         futures = client.map(run_task, tasks, progress=False, threads=threads, pure=False, resources=resources, **args)
         order = {f.key: i for i, f in enumerate(futures)}
         records: list[dict | None] = [None] * len(tasks)

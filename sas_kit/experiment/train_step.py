@@ -89,7 +89,7 @@ def draw_prompts(sam, spec, pairs: Sequence[tuple], masks: Sequence[np.ndarray],
             prompt = drawn[i][0]
             prompt.points, prompt.labels, prompt.mask_input = list(s.points), list(s.labels), s.low_res
             if not s.done:
-                click = prompts.next_click(drawn[i][1], s.preds[-1], ignore=drawn[i][2])
+                click = prompts.next_click(drawn[i][1], s.preds[-1], ignore=drawn[i][2], clicked=s.points)
                 if click is not None:
                     prompt.points.append(click[0])
                     prompt.labels.append(int(click[1]))

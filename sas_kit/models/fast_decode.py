@@ -1,4 +1,4 @@
-"""The fast no-grad mask decode used by :func:`sas_kit.models.registry.decode_batch`.
+"""The fast mask decode used by :func:`sas_kit.models.registry.decode_batch`.
 
 The reference decode (``registry._predict_masks``, Meta's modules) is memory- and op-bound on CPU: the image side
 adds the positional encoding to the B x 4096 x 256 keys separately for each projection that needs it, the
@@ -11,9 +11,11 @@ upscaling; the projections that read the same input share one matmul (token-to-i
 both of keys + PE); weights are cast to the compute dtype once per call; the stride-2 (transposed)
 convolutions of the mask input and the output upscaling are per-pixel matmuls; only the kept masks'
 hypernetwork outputs are computed and contracted. The token side (a few tokens) runs Meta's own modules.
-Used whenever gradients are off (evaluation and the no-grad click rounds of training); anything differentiable
-uses the reference. ``SAS_KIT_FAST_DECODE=0`` (or :func:`set_fast_decode`) switches it off;
-tests/test_fast_decode.py holds it to the reference, docs/notes.md has the measurements.
+Used for every decode, with or without gradients (evaluation, the no-grad click rounds of training and the
+differentiable training decode: its weights are built from the parameters with differentiable ops, so autograd
+reaches them; only the kept outputs' hypernetworks get a gradient). ``SAS_KIT_FAST_DECODE=0`` (or
+:func:`set_fast_decode`) switches to the reference; tests/test_fast_decode.py holds logits and gradients to it,
+docs/notes.md has the measurements.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def set_fast_decode(on: bool) -> bool:
 
 
 def fast_decode_enabled() -> bool:
-    """Whether no-grad decodes take :func:`_fast_predict_masks`."""
+    """Whether decodes take :func:`predict_masks` (else Meta's modules, the reference)."""
     return _FAST["on"]
 
 
@@ -77,25 +79,24 @@ def _fast_weights(sam, dtype: torch.dtype) -> dict:
     def single(proj):
         return proj.weight.float().t().contiguous().to(dtype), proj.bias.to(dtype)
 
-    with torch.no_grad():
-        pe = pe_mod.get_dense_pe().flatten(2)[0].t().contiguous()  # N x C
-        layers = []
-        for layer in dec.transformer.layers:
-            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-            layers.append({"kq": cat([t2i.k_proj, i2t.q_proj]), "v": single(t2i.v_proj), "out": single(i2t.out_proj),
-                           "split": t2i.internal_dim})
-        fin = dec.transformer.final_attn_token_to_image
-        d1, n1, _, d2, n2, _, d3 = pe_mod.mask_downscaling
-        up1, ln, _, up2, _ = dec.output_upscaling
-        entry = {
-            "pe": pe, "layers": layers, "final_k": single(fin.k_proj), "final_v": single(fin.v_proj),
-            "no_mask": pe_mod.no_mask_embed.weight[0],
-            "mask_in": [(_cl_weight(d1, dtype, False), d1.bias.to(dtype), n1), (_cl_weight(d2, dtype, False),
-                        d2.bias.to(dtype), n2), (d3.weight.float().flatten(1).t().contiguous().to(dtype), d3.bias.to(dtype))],
-            "up1": (_cl_weight(up1, dtype, True), up1.bias.to(dtype).repeat(4)), "ln": ln,
-            "up2": (_cl_weight(up2, dtype, True), up2.bias.to(dtype).repeat(4)),
-            "c1": up1.weight.shape[1], "c2": up2.weight.shape[1],
-        }
+    pe = pe_mod.get_dense_pe().flatten(2)[0].t().contiguous()  # N x C
+    layers = []
+    for layer in dec.transformer.layers:
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        layers.append({"kq": cat([t2i.k_proj, i2t.q_proj]), "v": single(t2i.v_proj), "out": single(i2t.out_proj),
+                       "split": t2i.internal_dim})
+    fin = dec.transformer.final_attn_token_to_image
+    d1, n1, _, d2, n2, _, d3 = pe_mod.mask_downscaling
+    up1, ln, _, up2, _ = dec.output_upscaling
+    entry = {
+        "pe": pe, "layers": layers, "final_k": single(fin.k_proj), "final_v": single(fin.v_proj),
+        "no_mask": pe_mod.no_mask_embed.weight[0],
+        "mask_in": [(_cl_weight(d1, dtype, False), d1.bias.to(dtype), n1), (_cl_weight(d2, dtype, False),
+                    d2.bias.to(dtype), n2), (d3.weight.float().flatten(1).t().contiguous().to(dtype), d3.bias.to(dtype))],
+        "up1": (_cl_weight(up1, dtype, True), up1.bias.to(dtype).repeat(4)), "ln": ln,
+        "up2": (_cl_weight(up2, dtype, True), up2.bias.to(dtype).repeat(4)),
+        "c1": up1.weight.shape[1], "c2": up2.weight.shape[1],
+    }
     return entry
 
 
@@ -139,6 +140,8 @@ def _fast_keys(wts: dict, image_embeddings: torch.Tensor, mask_input: torch.Tens
         x = x.reshape(b, h, 2, w, 2, c1).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4 * c1)  # (b, y, x) x (i, j, c)
         x = F.gelu(_ln_last(torch.addmm(b2, x, w2), n2))
         dense = _linear(x, last).view(b, h * w, c)
+    if torch.is_grad_enabled():  # ``out=`` has no autograd
+        return (image_embeddings.flatten(2).transpose(1, 2) + dense).contiguous()
     keys = torch.empty(b, h * w, c, dtype=image_embeddings.dtype, device=image_embeddings.device)
     return torch.add(image_embeddings.flatten(2).transpose(1, 2), dense, out=keys)
 

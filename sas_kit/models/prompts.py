@@ -42,23 +42,38 @@ def clip_box(box, shape: tuple[int, int]) -> np.ndarray:
     return np.array([x0, y0, x1, y1])
 
 
-def _deepest(region: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the pixel of ``region`` farthest from its boundary (the image border counts as boundary); the
-    first such pixel in raster order.
+def _depth(region: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """The distance of every pixel of ``region`` to its boundary (the image border counts as boundary), computed on
+    the region's bounding box padded by one background pixel, as (distances over the box, y0, x0); None for an empty
+    region.
 
-    The distance transform runs on the region's bounding box padded by one background pixel, not on the whole
-    image: exact, because the nearest background pixel of a region pixel is never farther than the padded box's
-    ring (project it onto the ring: both coordinate gaps shrink), and cropping keeps raster order. A corrective
-    click's error region is usually a small part of the image, so this is most of the clicker's cost saved
-    (docs/notes.md, "decode chunks")."""
+    Exact, because the nearest background pixel of a region pixel is never farther than the padded box's ring
+    (project it onto the ring: both coordinate gaps shrink), and cropping keeps raster order. An error region is
+    usually a small part of the image, so this is most of the clicker's cost saved (docs/notes.md, "decode
+    chunks")."""
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     if rows.size == 0:
-        raise ValueError("cannot find the deepest point of an empty region")
+        return None
     y0, x0 = int(rows[0]), int(cols[0])
     box = region[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1]
-    dist = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(x) + x0, int(y) + y0
+    return ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1], y0, x0
+
+
+def _deepest(region: np.ndarray, clicked=()) -> tuple[tuple[int, int], float] | None:
+    """((x, y), distance) of the pixel of ``region`` farthest from its boundary, leaving out the pixels in
+    ``clicked`` ((x, y) pairs); the first such pixel in raster order. None when no pixel is left."""
+    found = _depth(region)
+    if found is None:
+        return None
+    dist, y0, x0 = found
+    for x, y in clicked:
+        if 0 <= y - y0 < dist.shape[0] and 0 <= x - x0 < dist.shape[1]:
+            dist[y - y0, x - x0] = 0.0  # RITM's "not clicked" map: a pixel is never clicked twice
+    k = int(np.argmax(dist))
+    if dist.flat[k] <= 0:
+        return None
+    y, x = np.unravel_index(k, dist.shape)
+    return (int(x) + x0, int(y) + y0), float(dist.flat[k])
 
 
 def first_click(mask: np.ndarray) -> tuple[int, int]:
@@ -66,38 +81,36 @@ def first_click(mask: np.ndarray) -> tuple[int, int]:
     mask = _check(mask)
     if not mask.any():
         raise ValueError("cannot place a click on an empty mask (the image has no target)")
-    return _deepest(mask)
+    return _deepest(mask)[0]
 
 
-def next_click(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> tuple[tuple[int, int], int] | None:
-    """A corrective click at the centre (deepest point) of the largest error region.
+def next_click(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None,
+               clicked=()) -> tuple[tuple[int, int], int] | None:
+    """The next corrective click of RITM's evaluation clicker (Sofiiuk et al. 2022, ``isegm/inference/clicker.py``;
+    SimpleClick uses the same), written here with scipy.
 
-    A missed region (false negative) gives a positive click (label 1), a spurious one (false positive) a
-    negative click (label 0). Pixels in ``ignore`` are not errors. Returns ``((x, y), label)``, or None
-    when the prediction already equals the ground truth (no click left to give).
+    Missed pixels (false negatives) and spurious ones (false positives) are two masks, each padded so the image
+    border counts as boundary. Each gets its distance transform, with the pixels already ``clicked`` ((x, y) pairs
+    of this session) set to 0. The click goes to the deeper of the two maxima: positive (label 1) at the deepest
+    missed pixel when its distance is strictly larger, else negative (label 0) at the deepest spurious pixel (a tie
+    goes to the negative click, as in RITM); the first maximum in raster order. Pixels in ``ignore`` (the target's
+    other parts, prompted separately) are neither. Returns ``((x, y), label)``, or None when no unclicked error
+    pixel is left (RITM would then click pixel (0, 0); here the session ends).
 
-    "Largest" is the 8-connected error region with the most pixels (a tie goes to the missed region). RITM's
-    clicker instead compares the deepest point of ALL missed pixels with that of ALL spurious ones (no
-    labelling: a thick small region beats a thin large one; a tie goes to the negative click) and never clicks
-    a pixel twice; here a click the model ignores is given again at the same pixel. Both pad the error mask so
-    the image border counts as boundary and take the first maximum in raster order.
+    Unlike the kit's clicker before amendment v4 (docs/protocol.md) there is no connected-component labelling: a
+    thick small error beats a thin large one, and a click the model ignores is never repeated on the same pixel.
     """
     gt, pred = _check(gt, "gt"), _check(pred, "pred")
     if gt.shape != pred.shape:
         raise ValueError(f"gt {gt.shape} and pred {pred.shape} differ in shape")
     keep = ~_check(ignore, "ignore") if ignore is not None else np.ones_like(gt)
-    best = None
-    for error, label in ((gt & ~pred & keep, 1), (pred & ~gt & keep, 0)):
-        labelled, n = ndimage.label(error, structure=_EIGHT)
-        if n == 0:
-            continue
-        sizes = np.bincount(labelled.ravel())[1:]
-        k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best[0]:
-            best = (int(sizes[k]), labelled == k + 1, label)
-    if best is None:
+    missed = _deepest(gt & ~pred & keep, clicked)
+    spurious = _deepest(pred & ~gt & keep, clicked)
+    if missed is None and spurious is None:
         return None
-    return _deepest(best[1]), best[2]
+    if spurious is None or (missed is not None and missed[1] > spurious[1]):
+        return missed[0], 1
+    return spurious[0], 0
 
 
 def components(mask: np.ndarray, min_pixels: int = 1) -> list[np.ndarray]:

@@ -216,9 +216,10 @@ def decode_batch(sam, embeddings: torch.Tensor, scales, boxes=None, points=None,
     ``embeddings`` Gx256x64x64; ``scales`` G x (sx, sy) from each image's meta ``scale_xy``; ``boxes`` Gx4 xyxy and
     ``points`` GxKx2 xy in ORIGINAL image pixels (``labels`` GxK: 1 positive, 0 negative); ``mask_input``
     Gx1x256x256 previous low-res logits. Returns (low_res_logits Gx1x256x256, iou_pred Gx1); with ``multimask``
-    the output with the highest predicted IoU is kept per image. Differentiable outside ``torch.no_grad()``;
-    with gradients off it takes the fast inference path (:func:`sas_kit.models.fast_decode.predict_masks`;
-    ``SAS_KIT_FAST_DECODE=0`` or :func:`set_fast_decode` turns it off).
+    the output with the highest predicted IoU is kept per image. Differentiable outside ``torch.no_grad()``.
+    It takes the fast path (:func:`sas_kit.models.fast_decode.predict_masks`, with or without gradients: only the
+    kept outputs' hypernetworks take part, so the others get no gradient); ``SAS_KIT_FAST_DECODE=0`` or
+    :func:`set_fast_decode` switches to Meta's modules (the reference).
     """
     device = embeddings.device
     scale = _to_tensor(scales, device).reshape(-1, 2)
@@ -232,7 +233,7 @@ def decode_batch(sam, embeddings: torch.Tensor, scales, boxes=None, points=None,
         pts = (coords, _to_tensor(labels, device).reshape(scale.shape[0], -1).to(torch.int64))
     if mask_input is not None:
         mask_input = _to_tensor(mask_input, device).reshape(-1, 1, *mask_input.shape[-2:])
-    if fast_decode_enabled() and not torch.is_grad_enabled():
+    if fast_decode_enabled():  # inference and training alike (differentiable; tests/test_fast_decode.py)
         sparse, _ = sam.prompt_encoder(points=pts, boxes=box_t, masks=None)  # the dense part is built channels-last
         outputs = list(range(1, sam.mask_decoder.num_mask_tokens)) if multimask else [0]
         masks, iou = fast_decode.predict_masks(sam, embeddings, sparse, mask_input, outputs)

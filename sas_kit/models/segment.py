@@ -37,7 +37,7 @@ class ClickSession:
     labels: list
     low_res: torch.Tensor | None = None
     preds: list = field(default_factory=list)
-    done: bool = False  # the prediction equalled the part: no further click to give
+    done: bool = False  # no unclicked error pixel was left: no further click to give
 
 
 def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequence[dict], parts: Sequence[np.ndarray],
@@ -46,10 +46,11 @@ def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequenc
                    stop: Callable[[int, list[ClickSession]], Iterable[int]] | None = None) -> list[ClickSession]:
     """Deterministic click sessions, one per part, decoded ``batch_size`` parts at a time (no grad).
 
-    Part i gets up to ``clicks[i]`` clicks: the first at its deepest point, each later one at the centre of the
-    largest error of the previous prediction (``others``, the target's other parts, are not errors), with the
-    previous low-res logits fed back as mask input, as SAM's interactive protocol does (docs/notes.md). Once a
-    prediction is perfect no click is left to give and it repeats. ``preds[k-1]`` is the mask after k clicks,
+    Part i gets up to ``clicks[i]`` clicks: the first at its deepest point, each later one from RITM's clicker on
+    the previous prediction (:func:`prompts.next_click`: the deeper of the missed and the spurious pixels, never a
+    pixel clicked before; ``others``, the target's other parts, are not errors), with the previous low-res logits
+    fed back as mask input, as SAM's interactive protocol does (docs/notes.md). Once no unclicked error pixel is
+    left the session is done and its last prediction repeats. ``preds[k-1]`` is the mask after k clicks,
     so 1-, 2- and 3-click results are prefixes of one session. Batching pairs each part with its own image
     embedding (:func:`registry.decode_batch`); the result equals decoding part by part.
 
@@ -66,7 +67,8 @@ def click_sessions(sam, spec, embeddings: Sequence[torch.Tensor], metas: Sequenc
                 break  # every session is done or stopped: later rounds would decode nothing
             if k > 0:
                 for i in active:
-                    click = prompts.next_click(parts[i], sessions[i].preds[-1], ignore=others[i])
+                    click = prompts.next_click(parts[i], sessions[i].preds[-1], ignore=others[i],
+                                               clicked=sessions[i].points)
                     if click is None:
                         sessions[i].done = True
                     else:
@@ -135,7 +137,7 @@ def predict(sam, spec, image: np.ndarray, gt_mask: np.ndarray, prompt: str, rng:
     """Predicted bool mask (original size) for ``image`` given prompts simulated from ``gt_mask``.
 
     ``prompt``: "box" (tight box, optionally ``jitter``-ed) or "Nclick" (N = 1, 2, 3, 5): the first click
-    at the deepest point of the target, each further click at the centre of the largest error region,
+    at the deepest point of the target, each further click from RITM's clicker (:func:`prompts.next_click`),
     with the previous low-res logits fed back as mask input (docs/notes.md).
 
     Convention (docs/notes.md): with ``per_component=True`` (default) each connected part of ``gt_mask`` gets
