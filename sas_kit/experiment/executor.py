@@ -113,6 +113,9 @@ def run_task(task: Task, tests: dict, internal: str, out: str | Path, progress: 
     """Train (or reuse) and score one task; the one function a worker runs. Returns a small record."""
     import torch
 
+    from sas_kit.models import precision
+
+    precision.fast_heap()  # an engine process: speed over resident memory (not in a memory-bounded one)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -167,8 +170,9 @@ def encode_share(plan: Plan, share: int, shares: int, progress: bool = True, thr
 
     from sas_kit.data.datasets import to_arrays
     from sas_kit.experiment.embed_cache import EmbeddingCache
-    from sas_kit.models import registry
+    from sas_kit.models import precision, registry
 
+    precision.fast_heap()
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

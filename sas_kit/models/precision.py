@@ -65,10 +65,33 @@ def bound_heap(threshold: int | None = None) -> bool:
     return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
 
 
+# The opposite trade for the experiment engine's processes (run_plan's runs and encode stage, on workers and
+# serially): keep freed memory in the heap instead of handing it back. With glibc's defaults a 1-thread LiteMedSAM
+# encode spent 0.28 of its 0.82 s in the kernel (165,000 page faults per image: large activations mmapped, or heap
+# tops trimmed, and faulted in afresh); with these three settings 0.50 s and 7,000 faults (docs/notes.md,
+# 2026-12-07). The price is resident memory that stays at the process's peak; a memory-bounded process
+# ($SAS_KIT_MMAP_THRESHOLD, Binder) never takes it, and ``SAS_KIT_HEAP=default`` turns it off.
+FAST_HEAP = {-3: 32 << 20, -1: 1 << 30, -2: 256 << 20}  # mallopt: M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+_HEAP = {"fast": False}
+
+
+def fast_heap() -> bool:
+    """Set :data:`FAST_HEAP` for this process (large blocks from the heap, freed memory kept for reuse) unless the
+    process is memory-bounded (``$SAS_KIT_MMAP_THRESHOLD`` > 0) or ``$SAS_KIT_HEAP`` is ``default``; numbers are
+    unchanged. Returns whether it is on."""
+    if _HEAP["fast"]:
+        return True
+    if _LIBC is None or _threshold() > 0 or os.environ.get("SAS_KIT_HEAP", "fast") == "default":
+        return False
+    _HEAP["fast"] = all(_LIBC.mallopt(k, ctypes.c_int(v)) for k, v in FAST_HEAP.items())
+    return _HEAP["fast"]
+
+
 def trim_heap() -> bool:
     """Return the free pages of every glibc heap arena to the OS (``malloc_trim(0)``): called after a training run,
-    whose small allocations (autograd bookkeeping, optimiser state copies) leave freed pages behind."""
-    return bool(_LIBC is not None and _LIBC.malloc_trim(0))
+    whose small allocations (autograd bookkeeping, optimiser state copies) leave freed pages behind. A no-op under
+    :func:`fast_heap`, whose point is to keep them."""
+    return bool(_LIBC is not None and not _HEAP["fast"] and _LIBC.malloc_trim(0))
 
 
 def skip_triton(threshold: int | None = None) -> bool:
