@@ -1,5 +1,6 @@
 """Scoring benchmark: seconds per target of :func:`evaluate` (box, 1-5 clicks and NoC) with the reference decoder
-and with the fast no-grad decode path (:func:`sas_kit.models.registry.set_fast_decode`), and the Dice/NoC changes."""
+and with the fast decode path (:func:`sas_kit.models.registry.set_fast_decode`), with glibc's default heap and the
+engine's (:func:`sas_kit.models.precision.fast_heap`), and the Dice/NoC changes."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sas_kit.models import precision as precision_policy
 from sas_kit.models import prompts as prompt_names
 from sas_kit.models import fast_decode, registry
 
-WAYS = ("reference", "fast-chunk16", "fast-chunk1", "fast", "fast-1thread")
+WAYS = ("reference", "fast-chunk16", "fast-chunk1", "fast", "fast-1thread", "fast-heap")
 NOC = (0.85, 0.90)
 def cpu_flags() -> str:
     """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and torch's thread count."""
@@ -47,7 +48,9 @@ def _way(way: str):
     embedding handed over channels-last, a layout-only change that shows how far bf16 results move when nothing
     but memory order changes (the noise floor of any re-ordered decoder). ``fast``: the fast no-grad path.
     ``fast-1thread``: the same with torch limited to one thread (on a loaded 2-core machine each parallel op
-    waits for a descheduled thread). ``fast-chunkN``: the fast path decoding N rows at a time instead of
+    waits for a descheduled thread). ``fast-heap``: the fast path with the experiment engine's heap settings
+    (:func:`sas_kit.models.precision.fast_heap`, process-wide and not undone: :func:`bench_score` measures it after
+    every other way). ``fast-chunkN``: the fast path decoding N rows at a time instead of
     :data:`fast_decode.CHUNK` (``fast-chunk16``: evaluate's whole batches of 16 parts, the path before chunking)."""
     previous = registry.set_fast_decode(way.startswith("fast"))
     threads, chunk = torch.get_num_threads(), fast_decode.CHUNK
@@ -61,6 +64,9 @@ def _way(way: str):
         registry._predict_masks = nhwc
     if way == "fast-1thread":
         torch.set_num_threads(1)
+    if way == "fast-heap" and not precision_policy.fast_heap():
+        raise ValueError("fast-heap: the heap settings are not available here (not glibc, SAS_KIT_HEAP=default or "
+                         "a memory-bounded process); leave this way out")
     try:
         yield
     finally:
@@ -98,13 +104,15 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
     cache = EmbeddingCache(model, root=True, precision=precision, device=device)
     cache.fill(sam, spec, [datasets.to_arrays(ex)[0] for ex in items], progress=False)
     _score(sam, spec, items[:1], cache, "fast", 1)  # warm-up: weight conversion, allocator
-    ways = ("reference", *[w for w in ways if w != "reference"])
+    heap = [w for w in ways if w == "fast-heap"]  # last: the engine's heap cannot be undone in this process
+    ways = ("reference", *[w for w in ways if w not in ("reference", "fast-heap")], *heap)
     times = {w: [] for w in ways}
     frames = {}
-    for _ in range(max(1, reps)):
-        for way in ways:
-            seconds, frames[way] = _score(sam, spec, items, cache, way, max_clicks)
-            times[way].append(seconds)
+    for batch in (ways[:len(ways) - len(heap)], heap):
+        for _ in range(max(1, reps)):
+            for way in batch:
+                seconds, frames[way] = _score(sam, spec, items, cache, way, max_clicks)
+                times[way].append(seconds)
     ref = frames["reference"].set_index(["id", "prompt"]).sort_index()
     targets = ref.reset_index()["id"].nunique()
     flags = cpu_flags()
@@ -118,6 +126,7 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
                        .any(axis=1).sum())
         best = min(times[way])
         rows.append({"way": way, "chunk": _rows_per_decode(way), "precision": precision,
+                     "heap": "engine" if way == "fast-heap" else "default",
                      "targets": targets,
                      "s_per_target": round(best / targets, 3),
                      "speedup": round(min(times["reference"]) / best, 2),
