@@ -256,7 +256,7 @@ def test_plan_encode_stage_encodes_each_test_image_once(tmp_data_root, monkeypat
     they cover every such image (one encoder call each), a second pass encodes nothing, and scoring then finds every
     embedding stored."""
     from sas_kit.data.datasets import to_arrays
-    from sas_kit.experiment import executor
+    from sas_kit.experiment import encode_stage as executor
     from sas_kit.experiment.protocol import load_tests, make_plan
 
     monkeypatch.delenv("SAS_KIT_MIRROR", raising=False)

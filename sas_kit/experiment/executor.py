@@ -23,6 +23,7 @@ import pandas as pd
 
 from sas_kit import files
 from sas_kit.data import sources
+from sas_kit.experiment.encode_stage import encode_share, shares_embeddings
 from sas_kit.experiment.protocol import Plan, Task, load_tests
 from sas_kit.experiment.run import SCORING_CODE, RunSpec, code_version
 
@@ -159,40 +160,6 @@ def _pick_gpu(spec: RunSpec) -> None:
         return
     if isinstance(name, int) and torch.cuda.device_count() > 1:
         torch.cuda.set_device(name % torch.cuda.device_count())
-
-
-def encode_share(plan: Plan, share: int, shares: int, progress: bool = True, threads: int | None = None) -> int:
-    """Encode the plan's non-empty test images ``share``, ``share + shares``, ... into the embedding store that
-    every decoder-mode and zero-shot scoring reads (base encoder, the plan's precision); return the encoder calls.
-    :func:`run_plan` runs the ``shares`` shares side by side before any run, so each test image is encoded once,
-    not once by every run that reaches it before another has stored it."""
-    import torch
-
-    from sas_kit.data.datasets import to_arrays
-    from sas_kit.experiment.embed_cache import EmbeddingCache
-    from sas_kit.models import precision, registry
-
-    precision.fast_heap()
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        spec = plan.tasks[0].spec
-        items = [ex for exs in load_tests(plan.tests, plan.internal).values() for ex in exs][share::shares]
-        cache = EmbeddingCache(spec.model, root=True, precision=spec.precision, device=spec.device)
-        todo = [image for image, mask in map(to_arrays, items) if mask.any() and image not in cache]
-        if not todo:
-            return 0
-        sam = registry.load_model(spec.model, device=spec.device)
-        return cache.fill(sam, spec.model, todo, desc=f"encode test images ({share + 1}/{shares})", progress=progress)
-    finally:
-        torch.set_num_threads(before)
-
-
-def shares_embeddings(plan: Plan) -> bool:
-    """Whether the plan's scoring reads the base encoder's stored test embeddings (any decoder-mode or zero-shot
-    task; a full-mode run encodes with its own encoder)."""
-    return any(t.spec.mode == "decoder" or not t.spec.trains for t in plan.tasks)
 
 
 def unique_tasks(plan: Plan) -> list[Task]:
