@@ -204,7 +204,7 @@ def run_plan(plan: Plan, out: str | Path, workers: int = 0, cluster: str | None 
     with dask_client(workers, cluster, gpu=plan.device.startswith("cuda"), threads=threads) as client:
         resources = {"GPU": 1} if plan.device.startswith("cuda") and cluster else None
         if encode:  # every test image once, spread over the workers, before any run reads them
-            shares = max(1, workers or len(client.scheduler_info().get("workers", {})) or 1)
+            shares = max(1, workers or len(client.scheduler_info()["workers"]))
             client.gather(client.map(encode_share, [plan] * shares, range(shares), [shares] * shares,
                                      progress=False, threads=threads, pure=False))
         futures = client.map(run_task, tasks, progress=False, threads=threads, pure=False, resources=resources, **args)

@@ -42,30 +42,20 @@ def clip_box(box, shape: tuple[int, int]) -> np.ndarray:
     return np.array([x0, y0, x1, y1])
 
 
-def _depth(region: np.ndarray) -> tuple[np.ndarray, int, int] | None:
-    """The distance of every pixel of ``region`` to its boundary (the image border counts as boundary), computed on
-    the region's bounding box padded by one background pixel, as (distances over the box, y0, x0); None for an empty
-    region.
+def _deepest(region: np.ndarray, clicked=()) -> tuple[tuple[int, int], float] | None:
+    """((x, y), distance) of the pixel of ``region`` farthest from its boundary (the image border counts as
+    boundary), leaving out the pixels in ``clicked`` ((x, y) pairs); the first such pixel in raster order. None when
+    no pixel is left.
 
-    Exact, because the nearest background pixel of a region pixel is never farther than the padded box's ring
-    (project it onto the ring: both coordinate gaps shrink), and cropping keeps raster order. An error region is
-    usually a small part of the image, so this is most of the clicker's cost saved (docs/notes.md, "decode
-    chunks")."""
+    The distance transform runs on the region's bounding box padded by one background pixel: exact, because the
+    nearest background pixel of a region pixel is never farther than the padded box's ring (project it onto the
+    ring: both coordinate gaps shrink), and cropping keeps raster order. An error region is usually a small part of
+    the image, so this is most of the clicker's cost saved (docs/notes.md, "decode chunks")."""
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     if rows.size == 0:
         return None
     y0, x0 = int(rows[0]), int(cols[0])
-    box = region[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1]
-    return ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1], y0, x0
-
-
-def _deepest(region: np.ndarray, clicked=()) -> tuple[tuple[int, int], float] | None:
-    """((x, y), distance) of the pixel of ``region`` farthest from its boundary, leaving out the pixels in
-    ``clicked`` ((x, y) pairs); the first such pixel in raster order. None when no pixel is left."""
-    found = _depth(region)
-    if found is None:
-        return None
-    dist, y0, x0 = found
+    dist = ndimage.distance_transform_edt(np.pad(region[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1], 1))[1:-1, 1:-1]
     for x, y in clicked:
         if 0 <= y - y0 < dist.shape[0] and 0 <= x - x0 < dist.shape[1]:
             dist[y - y0, x - x0] = 0.0  # RITM's "not clicked" map: a pixel is never clicked twice
