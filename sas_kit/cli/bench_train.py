@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sas_kit import config
+from sas_kit.cli import machine
 from sas_kit.data.phantom import PhantomSpec, make_phantom
 from sas_kit.experiment.embed_cache import EmbeddingCache, build_views
 from sas_kit.experiment.run import RunSpec
@@ -21,7 +22,7 @@ from sas_kit.models import precision as policy
 from sas_kit.models import registry
 
 KEYS = ("measure", "device", "batch", "n", "seconds", "per_item_s", "items_per_s", "speedup", "peak_mem_mib",
-        "gflop_per_item", "gflop_per_s", "peak_frac")
+        "gflop_per_item", "gflop_per_s", "peak_frac", "cpu")
 
 
 def _sync(device: str) -> None:
@@ -41,7 +42,8 @@ def _row(measure: str, device: str, batch: int, n: int, seconds: float, **extra)
     row = dict.fromkeys(KEYS)
     row.update(measure=measure, device=device, batch=batch, n=n, seconds=round(seconds, 3),
                per_item_s=round(seconds / n, 4), items_per_s=round(n / seconds, 2),
-               peak_mem_mib=round(_peak_mib(device)))
+               peak_mem_mib=round(_peak_mib(device)),
+               cpu=f"{machine.cpu_flags()}, {torch.get_num_threads()} threads")  # every bench table names its CPU
     row.update(extra)
     return row
 

@@ -1,0 +1,12 @@
+"""Every benchmark table names the CPU it ran on (issue: "state the CPU's flags in every benchmark table")."""
+
+import torch
+
+from sas_kit.cli import bench_train, machine
+
+
+def test_bench_train_rows_name_the_cpu_flags_and_threads():
+    row = bench_train._row("train after", "cpu", 8, 48, 6.0)
+    assert set(bench_train.KEYS) == set(row)
+    assert row["cpu"] == f"{machine.cpu_flags()}, {torch.get_num_threads()} threads"
+    assert row["items_per_s"] == 8.0 and row["per_item_s"] == 0.125
