@@ -21,9 +21,11 @@ from sas_kit.models import fast_decode, registry
 
 WAYS = ("reference", "fast-chunk16", "fast-chunk1", "fast", "fast-1thread", "fast-heap")
 NOC = (0.85, 0.90)
-def cpu_flags() -> str:
-    """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and torch's thread count."""
-    return f"{machine.cpu_flags()}, {torch.get_num_threads()} threads"
+def cpu_flags(way: str | None = None) -> str:
+    """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and the thread count ``way`` ran with (torch's, or 1
+    for ``fast-1thread``, which :func:`_way` limits to one thread)."""
+    threads = 1 if way == "fast-1thread" else torch.get_num_threads()
+    return f"{machine.cpu_flags()}, {threads} threads"
 
 
 def _items(names, n):
@@ -115,7 +117,6 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
                 times[way].append(seconds)
     ref = frames["reference"].set_index(["id", "prompt"]).sort_index()
     targets = ref.reset_index()["id"].nunique()
-    flags = cpu_flags()
     rows = []
     for way in ways:
         df = frames[way].set_index(["id", "prompt"]).sort_index()
@@ -131,5 +132,5 @@ def bench_score(model: str = "litemedsam", names: tuple[str, ...] | None = None,
                      "s_per_target": round(best / targets, 3),
                      "speedup": round(min(times["reference"]) / best, 2),
                      **{f"d_{p}": round(float(per_prompt.get(p, np.nan)), 4) for p in prompt_names.PROMPTS},
-                     "max_image_d": round(float(delta.max()), 4), "noc_differ": noc_diff, "cpu": flags})
+                     "max_image_d": round(float(delta.max()), 4), "noc_differ": noc_diff, "cpu": cpu_flags(way)})
     return rows
