@@ -130,3 +130,18 @@ def test_plan_reads_sas_params_from_a_sweep_file_and_rejects_bad_ones(tmp_path, 
         make_plan("quick", sas_params=bad)
     with pytest.raises(ValueError, match="unknown arm"):
         make_plan("quick", arms=["none", "sass"])
+
+
+def test_earlier_calls_keep_the_cold_timings_of_the_same_runs_only(tmp_path, capsys):
+    from sas_kit.report.reproduce import earlier_calls
+
+    path = tmp_path / "plan.json"
+    runs = [{"name": "none_seed0", "key": "abc"}]
+    assert earlier_calls(path, {"runs": runs}) == []  # no earlier call
+    path.write_text(json.dumps({"runs": runs, "timings": {"total_s": 3000}, "earlier_calls": []}))
+    assert earlier_calls(path, {"runs": runs}) == [{"total_s": 3000}]
+    path.write_text(json.dumps({"runs": runs, "timings": {"total_s": 24}, "earlier_calls": [{"total_s": 3000}]}))
+    assert earlier_calls(path, {"runs": runs}) == [{"total_s": 3000}, {"total_s": 24}]  # oldest first
+    assert earlier_calls(path, {"runs": [{"name": "none_seed0", "key": "other code"}]}) == []  # other runs: afresh
+    path.write_text("{not json")
+    assert earlier_calls(path, {"runs": runs}) == [] and "could not be read" in capsys.readouterr().out

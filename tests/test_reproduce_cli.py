@@ -78,5 +78,7 @@ def test_reproduce_with_genseg_writes_its_rows_and_the_low_data_curve(phantom_on
                  "--out", str(out)]) == 0
     log = capsys.readouterr().out
     assert log.count("finished run, same key") == 6, log  # main and n=3 (full point: main scores)
+    again = json.loads((out / "plan.json").read_text())
+    assert again["earlier_calls"] == [plan["timings"]] and plan["earlier_calls"] == []  # the cold call's cost is kept
     assert "genseg generator" not in log and "epoch 1/" not in log
     assert (pd.read_csv(out / "per_image.csv").dice == per_image.dice).all()

@@ -45,14 +45,33 @@ def run_and_report(plan: Plan, out: str | Path, workers: int = 0, cluster: str |
                "low_data_s": sum(r["train_s"] + r["score_s"] for r in records if r["curve"]),
                "encoder_calls": sum(r["encoder_calls"] for r in records)}
     timings["total_s"] = plan_s + runs_s
+    timings["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # tells calls apart in earlier_calls
     per_image.to_csv(out / "per_image.csv", index=False)
     history.to_csv(out / "training.csv", index=False)
     samples = [r["samples"] for r in main if r["arm"] != "zero_shot"]
     record = {**plan.record(), "samples_per_arm_seed": min(samples) if samples else 0,
               "n_test": {name: int(per_image[per_image.dataset == name].id.nunique()) for name in plan.tests},
               "empty_left_out": plan.empty, "timings": timings}
+    record["earlier_calls"] = earlier_calls(out / "plan.json", record)
     (out / "plan.json").write_text(json.dumps(record, indent=1))
     return tables.write_report(out, plan, per_image, history, record, example_panels(plan, out), curve)
+
+
+def earlier_calls(path: str | Path, record: dict) -> list[dict]:
+    """The ``timings`` of the earlier calls into the same ``--out`` with the same runs (names and keys), oldest
+    first, read from the plan.json there: a warm rerun no longer hides what the cold call cost. A plan.json of other
+    runs (other settings or training code), or none, starts the list afresh; an unreadable one is named."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"note: {path} could not be read ({err}); its earlier timings are not carried over")
+        return []
+    if previous.get("runs") != record.get("runs") or "timings" not in previous:
+        return []
+    return [*previous.get("earlier_calls", []), previous["timings"]]
 
 
 def example_panels(plan: Plan, out: str | Path, n: int = 4) -> list[tuple]:
