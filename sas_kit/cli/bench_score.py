@@ -24,8 +24,7 @@ NOC = (0.85, 0.90)
 def cpu_flags(way: str | None = None) -> str:
     """The CPU's SIMD flags that matter for bf16/fp32 matmuls, and the thread count ``way`` ran with (torch's, or 1
     for ``fast-1thread``, which :func:`_way` limits to one thread)."""
-    threads = 1 if way == "fast-1thread" else torch.get_num_threads()
-    return f"{machine.cpu_flags()}, {threads} threads"
+    return machine.cpu_label(1 if way == "fast-1thread" else None)
 
 
 def _items(names, n):

@@ -43,7 +43,7 @@ def _row(measure: str, device: str, batch: int, n: int, seconds: float, **extra)
     row.update(measure=measure, device=device, batch=batch, n=n, seconds=round(seconds, 3),
                per_item_s=round(seconds / n, 4), items_per_s=round(n / seconds, 2),
                peak_mem_mib=round(_peak_mib(device)),
-               cpu=f"{machine.cpu_flags()}, {torch.get_num_threads()} threads")  # every bench table names its CPU
+               cpu=machine.cpu_label())  # every bench table names its CPU
     row.update(extra)
     return row
 

@@ -23,6 +23,14 @@ def cpu_flags() -> str:
     return "+".join(f for f in FLAGS if f in flags) or "?"
 
 
+def cpu_label(threads: int | None = None) -> str:
+    """A benchmark row's ``cpu`` column: the flags of :func:`cpu_flags` and the thread count it ran with (torch's
+    current one by default)."""
+    import torch
+
+    return f"{cpu_flags()}, {torch.get_num_threads() if threads is None else threads} threads"
+
+
 def cpu_name() -> str:
     """The CPU's model name, or 'unknown'."""
     line = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("model name")), "")
