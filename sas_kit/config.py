@@ -60,7 +60,9 @@ class Profile:
     epochs = 1,000 prompted samples per arm and seed in 250 AdamW updates of batch 4 at lr 5e-5 (the regime in
     which the kit first measured a click gain, docs/notes.md); five training seeds, each drawing its own views
     (``view_seed=None``: the view draw's variance is inside the interval); last epoch selected (a val pass per
-    epoch would cost a third of training and the lr is constant and small)."""
+    epoch would cost a third of training and the lr is constant and small); NoC sessions capped at 5 rounds, the
+    length of the k = 1…5 click curve (amendment v5: rounds 6–10 cost half of the scoring decodes and changed 1 % of
+    the v4 run's NoC values)."""
 
     name: str
     train_limit: int | None
@@ -85,7 +87,7 @@ PROFILES = {
                      select="last", low_data=(3,), genseg={"size": 32, "epochs": 20, "ngf": 8, "ndf": 8}),
     "cpu": Profile("cpu", train_limit=100, eval_limit=40, epochs=5, seeds=(0, 1, 2, 3, 4), views=2,
                    batch_size=4, select="last", prompts=("box", "1click", "2click", "3click", "4click", "5click"),
-                   low_data=(10, 20, 40), test_draw="by_size", noc=(0.85, 0.90), max_clicks=10),
+                   low_data=(10, 20, 40), test_draw="by_size", noc=(0.85, 0.90), max_clicks=5),
     "gpu": Profile("gpu", train_limit=None, eval_limit=None, epochs=20, seeds=(0, 1, 2), views=3, mode="full",
                    batch_size=8, prompts=("box", "1click", "2click", "3click", "4click", "5click"),
                    low_data=(10, 20, 40, 100), noc=(0.85, 0.90), max_clicks=20),

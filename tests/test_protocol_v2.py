@@ -22,7 +22,7 @@ def phantom_only(tmp_data_root, monkeypatch):
 def test_cpu_profile_has_five_seeds_with_their_own_views_and_the_click_metrics():
     cpu = config.PROFILES["cpu"]
     assert len(cpu.seeds) >= 5 and cpu.view_seed is None
-    assert cpu.test_draw == "by_size" and cpu.noc == (0.85, 0.90) and cpu.max_clicks == 10
+    assert cpu.test_draw == "by_size" and cpu.noc == (0.85, 0.90) and cpu.max_clicks == 5  # amendment v5
     assert [p for p in cpu.prompts if p != "box"] == ["1click", "2click", "3click", "4click", "5click"]
 
 
