@@ -186,18 +186,18 @@ def test_chapter05_runs_the_arms_and_parameters_it_says():
 
 
 def test_chapter05_describes_the_committed_results_as_they_are():
-    """The chapter says the committed cpu results are the v4 run (five seeds with their own views, the by-size draw,
-    v2 intervals with per-seed gains): true of the files in docs/results/cpu_headline, checked here, so the text
+    """The chapter says the committed cpu results are the v5 run (five seeds with their own views, the by-size draw,
+    v2 intervals with per-seed gains, NoC capped at 5 rounds): true of the files in docs/results/cpu_headline, checked here, so the text
     cannot outlive the files it describes."""
     text = _markdown(CH05)
     plan = json.loads((COMMITTED / "plan.json").read_text())
     committed = pd.read_csv(COMMITTED / "gains.csv")
-    assert plan["profile"] == "cpu" and plan["seeds"] == [0, 1, 2, 3, 4]
+    assert plan["profile"] == "cpu" and plan["seeds"] == [0, 1, 2, 3, 4] and plan["max_clicks"] == 5
     assert {"method", "seed_gains", "p_holm"} <= set(committed.columns)
     assert committed.n_seeds.max() == 5 and set(committed.kind) >= {"primary", "named"}
     words = " ".join(text.split())
-    assert "**v4 run**" in words and "RITM's clicker" in words and "five seeds" in words and "drawn by size" in words and "not yet" not in words
-    assert "**v1 run**" not in words
+    assert "**v5 run**" in words and "capped at 5 click rounds" in words and "RITM's clicker" in words and "five seeds" in words and "drawn by size" in words and "not yet" not in words
+    assert "**v1 run**" not in words and "**v4 run**" not in words
     assert 'config.REPO_ROOT / "docs" / "results" / "cpu_headline"' in _code(CH05)
     # what the chapter draws and computes from them works on the committed files
     assert np.isfinite(stats.detectable(committed))
