@@ -67,13 +67,11 @@ def run(args) -> int:
         return 2
     print(summary.read_text())
     if args.readme:
-        from sas_kit.report.readme import update_readme
+        from sas_kit.report.readme import block_endpoints, update_readme
 
         command = (f"sas-kit reproduce --profile {args.profile} --model {args.model} --arms {args.arms}"
                    + (f" --sas-params {args.sas_params}" if args.sas_params else ""))
-        controls = any(a in ("classic", "stsnet", "genseg", "sas_size") for a in _arms(args.arms))
-        update_readme(args.readme, summary.parent, command, args.readme_marker,
-                      endpoints=("gain", "control gain") if controls else None)
+        update_readme(args.readme, summary.parent, command, args.readme_marker, endpoints=block_endpoints(_arms(args.arms)))
         print(f"updated {args.readme}")
     print(f"wrote {summary.parent}/ (plan.json, results.csv, gains.csv, sizebins.csv, summary.md, figures) "
           f"in {time.perf_counter() - start:.0f} s")

@@ -45,6 +45,15 @@ def replace_block(readme: Path, marker: str, block: str) -> None:
     Path(readme).write_text(f"{head}{start}\n{block}\n{end}{tail}")
 
 
+CONTROL_ARMS = ("classic", "stsnet", "genseg", "sas_size")
+
+
+def block_endpoints(arms) -> tuple[str, ...] | None:
+    """The endpoints a run's README block shows: the SAS and control gains for a run with a control arm, else all
+    (None)."""
+    return ("gain", "control gain") if any(a in CONTROL_ARMS for a in arms) else None
+
+
 def update_readme(readme: Path, out: Path, command: str, marker: str = "results",
                   endpoints: tuple[str, ...] | None = None) -> None:
     """Write :func:`readme_block` of the run in ``out`` into the README section ``marker``."""
