@@ -26,6 +26,11 @@ NAMED = {**{(b, p): ("small-target gain", "named") for b in ("<1%", "1-5%") for 
 FAMILIES = ("primary", "named")  # Holm within each (p_values)
 
 
+def control_arms(arms) -> list[str]:
+    """The arms reported as exploratory control gains against ``none``: every arm but zero-shot, none and sas."""
+    return sorted(set(arms) - {"zero_shot", "none", "sas"})
+
+
 def cluster_of(dataset: str) -> str:
     return CLUSTERS.get(dataset, dataset)
 
@@ -230,7 +235,7 @@ def endpoints(per_image: pd.DataFrame, n_boot: int = N_BOOT, method: str = "v2")
                 for p in prompts[1:]:
                     rows.append(_row("k-click minus box", "secondary", f"{arm} {p}-box", p, "external average",
                                      _matrix(ext, arm, arm, p, "box"), **kw))
-    for arm in sorted(arms - {"zero_shot", "none", "sas"}):
+    for arm in control_arms(arms):
         if "none" in arms:
             for p in prompts:
                 rows.append(_row("control gain", "exploratory", f"{arm}-none", p, "external average",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sas_kit.experiment.stats import control_arms
 from sas_kit.report.tables import SUMMARY_COLUMNS, _table, curve_pivot, verdict
 
 
@@ -45,13 +46,10 @@ def replace_block(readme: Path, marker: str, block: str) -> None:
     Path(readme).write_text(f"{head}{start}\n{block}\n{end}{tail}")
 
 
-CONTROL_ARMS = ("classic", "stsnet", "genseg", "sas_size")
-
-
 def block_endpoints(arms) -> tuple[str, ...] | None:
     """The endpoints a run's README block shows: the SAS and control gains for a run with a control arm, else all
     (None)."""
-    return ("gain", "control gain") if any(a in CONTROL_ARMS for a in arms) else None
+    return ("gain", "control gain") if control_arms(arms) else None
 
 
 def update_readme(readme: Path, out: Path, command: str, marker: str = "results",
